@@ -34,7 +34,7 @@ def get_config(arg: str = "digits"):
   config.optim.trust_coefficient = 1e-3
   config.optim.warmup_epochs = 10
 
-  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet"))
+  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
     if preset == "smoke":
       common.smoke_data(config)
@@ -74,4 +74,7 @@ def get_config(arg: str = "digits"):
       config.epochs = 1000
       config.method.base_momentum = 0.996
       config.method.view1, config.method.view2 = views.byol_views(224)
+    elif preset == "cpu":
+      common.cpu_budget(config)
+      config.method.proj_hidden_dim = config.method.pred_hidden_dim = 1024
   return config

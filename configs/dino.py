@@ -44,7 +44,7 @@ def get_config(arg: str = "digits"):
   config.optim.grad_clip_norm = 0.0    # DINO clips per tensor: method.clip_grad.
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet",
-                                             "vit_s16", "vit_s8", "vit_b16"))
+                                             "vit_s16", "vit_s8", "vit_b16", "cpu"))
   for preset in presets:
     m = config.method
     if preset in ("smoke", "digits"):
@@ -106,4 +106,17 @@ def get_config(arg: str = "digits"):
     elif preset in ("vit_s16", "vit_s8", "vit_b16"):
       config.model.name = preset
       common.full_size_vit(config)
+    elif preset == "cpu":
+      common.cpu_budget(config)
+      config.optim.weight_decay = 0.04   # -> method.weight_decay_end, DINO's cosine.
+      m.local_crops_number = 4
+      m.out_dim, m.hidden_dim, m.bottleneck_dim = 1024, 512, 128
+      # 200 steps: a teacher that moves within the run (0.996 barely leaves its random init),
+      # the sharp teacher temperature from the start, the last layer trained from step 0.
+      m.momentum_teacher = 0.99
+      m.warmup_teacher_temp = m.teacher_temp = 0.04
+      m.warmup_teacher_temp_epochs = 0
+      m.freeze_last_layer = 0.0
+      for view in (m.global_view_1, m.global_view_2, m.local_view):
+        view.blur_prob = 0.0             # No blur at 32 px (SimCLR B.9, solo-learn CIFAR).
   return config

@@ -33,7 +33,7 @@ def get_config(arg: str = "digits"):
   config.optim.weight_decay = 0.05
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet",
-                                             "vit_b16", "vit_l16", "vit_h14"))
+                                             "vit_b16", "vit_l16", "vit_h14", "cpu"))
   for preset in presets:
     if preset == "smoke":
       common.smoke_data(config)
@@ -74,4 +74,7 @@ def get_config(arg: str = "digits"):
     elif preset in ("vit_b16", "vit_l16", "vit_h14"):
       config.model.name = preset
       common.full_size_vit(config)
+    elif preset == "cpu":
+      common.mae_cpu_budget(config)
   return config
+

@@ -34,7 +34,7 @@ def get_config(arg: str = "digits"):
   config.optim.warmup_epochs = 0.0
   config.batch_size = 256
 
-  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet"))
+  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
     if preset == "smoke":
       common.smoke_data(config)
@@ -78,4 +78,7 @@ def get_config(arg: str = "digits"):
       config.method.queue_size = 65536
       config.method.momentum = 0.999
       config.method.view = views.moco_v2_view(224)
+    elif preset == "cpu":
+      common.cpu_budget(config)
+      config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
   return config

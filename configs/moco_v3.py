@@ -36,7 +36,7 @@ def get_config(arg: str = "digits"):
   config.optim.warmup_epochs = 40
   config.batch_size = 4096
 
-  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet"))
+  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
     if preset == "smoke":
       common.smoke_data(config)
@@ -78,4 +78,8 @@ def get_config(arg: str = "digits"):
       config.method.proj_hidden_dim, config.method.proj_dim = 4096, 256
       config.method.pred_hidden_dim = 4096
       config.method.view1, config.method.view2 = views.moco_v3_views(224)
+    elif preset == "cpu":
+      common.cpu_budget(config)
+      config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
+      config.method.pred_hidden_dim = 512
   return config

@@ -48,7 +48,7 @@ def get_config(arg: str = "digits"):
   config.optim.weight_decay = 0.05
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet",
-                                             "vit_b16", "vit_l16", "msg", "dcgan"))
+                                             "vit_b16", "vit_l16", "msg", "dcgan", "cpu"))
   m = config.method
   for preset in presets:
     if preset == "smoke":
@@ -112,4 +112,8 @@ def get_config(arg: str = "digits"):
       common.full_size_vit(config)
     elif preset in ("msg", "dcgan"):
       m.discriminator.type = preset
+    elif preset == "cpu":
+      # Exactly MAE's `cifar10,cpu` generator and schedule, so the two runs differ only in
+      # the discriminator and the losses.
+      common.mae_cpu_budget(config)
   return config

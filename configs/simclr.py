@@ -34,7 +34,7 @@ def get_config(arg: str = "digits"):
   config.optim.trust_coefficient = 1e-3
   config.optim.warmup_epochs = 10
 
-  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet"))
+  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
     if preset == "smoke":
       common.smoke_data(config)
@@ -72,4 +72,8 @@ def get_config(arg: str = "digits"):
       config.epochs = 1000              # 100 in the paper's ablations.
       config.method.temperature = 0.1
       config.method.view = views.simclr_view(224)
+    elif preset == "cpu":
+      common.cpu_budget(config)
+      config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
+      config.method.temperature = 0.2   # solo-learn's CIFAR value; 0.5 needs longer runs.
   return config

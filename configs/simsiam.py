@@ -33,7 +33,7 @@ def get_config(arg: str = "digits"):
   config.optim.warmup_epochs = 0.0
   config.batch_size = 512
 
-  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet"))
+  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
     if preset == "smoke":
       common.smoke_data(config)
@@ -62,4 +62,8 @@ def get_config(arg: str = "digits"):
       config.batch_size = 512
       config.epochs = 100
       config.method.view = views.moco_v2_view(224)
+    elif preset == "cpu":
+      common.cpu_budget(config)
+      config.method.proj_hidden_dim = config.method.proj_dim = 512
+      config.method.pred_hidden_dim = 128
   return config

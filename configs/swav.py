@@ -62,7 +62,7 @@ def get_config(arg: str = "digits"):
   config.optim.trust_coefficient = 0.001
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet",
-                                             "imagenet_bs256"))
+                                             "imagenet_bs256", "cpu"))
   for preset in presets:
     m = config.method
     if preset in ("smoke", "digits"):
@@ -101,4 +101,11 @@ def get_config(arg: str = "digits"):
     elif preset == "imagenet_bs256":
       _imagenet(config, batch_size=256, epochs=400, base_lr=0.6, final_lr=0.0006,
                 warmup_epochs=0, queue_length=3840)
+    elif preset == "cpu":
+      common.cpu_budget(config)
+      # 200 steps: no queue (the 256-image batch already spans 100 prototypes), prototypes
+      # frozen for the first half epoch (~20 steps) instead of one, no blur at 32 px.
+      m.queue_length = 0
+      m.freeze_prototypes_epochs = 0.5
+      m.global_view.blur_prob = m.local_view.blur_prob = 0.0
   return config

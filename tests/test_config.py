@@ -85,3 +85,30 @@ def test_a_misspelt_key_written_in_a_config_file_is_an_error():
   config.optim.warmup_step = 10  # typo for warmup_steps, as a config file might write it
   with pytest.raises(config_lib.ConfigError, match="optim.warmup_steps"):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_preset_the_docs_name_resolves_and_validates(path):
+  presets = ["smoke", "cifar10", "imagenet"]
+  if path.stem != "supervised":
+    presets.append("cifar10,cpu")
+  for preset in presets:
+    config = config_lib.load_config(f"{path}:{preset}")
+    config_lib.validate(config)
+
+
+def test_cpu_budget_is_one_encoder_batch_and_step_count_for_every_joint_embedding_method():
+  """docs/results.md compares methods at `cifar10,cpu`: only objectives, views and heads differ."""
+  shared = None
+  for name in ("simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino"):
+    config = config_lib.load_config(f"{REPO}/configs/{name}.py:cifar10,cpu")
+    budget = (config.model.name, config.model.hidden_size, config.model.depth,
+              config.model.num_heads, config.batch_size, config.total_steps, config.optim.name,
+              config.optim.lr, config.data.source)
+    assert shared in (None, budget), (name, budget, shared)
+    shared = budget
+  mae = config_lib.load_config(f"{REPO}/configs/mae.py:cifar10,cpu")
+  pmae = config_lib.load_config(f"{REPO}/configs/perceptual_mae.py:cifar10,cpu")
+  for key in ("model", "optim", "data"):
+    assert mae[key].to_dict() == pmae[key].to_dict(), key
+  assert (mae.batch_size, mae.total_steps) == (pmae.batch_size, pmae.total_steps)

@@ -125,37 +125,42 @@ def test_two_views_draw_each_view_with_its_own_key():
   assert not np.allclose(a1, a2)
 
 
-def test_multi_crop_views_static_shapes_one_compile_and_per_crop_keys():
-  global_views = [augment.view_config(size=16, crop_scale=(0.4, 1.0)),
-                  augment.view_config(size=16, crop_scale=(0.4, 1.0), flip_prob=0.0)]
+def test_multi_crop_views_static_shapes_one_compile_and_per_recipe_keys():
+  global_1 = augment.view_config(size=16, crop_scale=(0.4, 1.0))
+  global_2 = augment.view_config(size=16, crop_scale=(0.4, 1.0), flip_prob=0.0)
   local_view = augment.view_config(size=8, crop_scale=(0.05, 0.4))
+  recipes = [(global_1, 1), (global_2, 1), (local_view, 3)]
   traces = []
 
   @jax.jit
   def crops_and_references(rng, images):
     traces.append(1)
-    crops = views.multi_crop_views(rng, images, global_views, local_view, num_local=3)
-    # Crop i is its recipe applied with its own key: global i uses split(rng, G + 1)[i], local
-    # j uses split(last key, L)[j].
+    crops = views.multi_crop_views(rng, images, recipes)
+    # Recipe i uses split(rng, 3)[i]; its `count` crops are one draw over the tiled batch.
     keys = jax.random.split(rng, 3)
-    references = (augment.make_views(keys[1], images, global_views[1]),
-                  augment.make_views(jax.random.split(keys[2], 3)[2], images, local_view))
+    references = (augment.make_views(keys[1], images, global_2),
+                  augment.make_views(keys[2], jnp.tile(images, (3, 1, 1, 1)), local_view))
     return crops, references
 
   images = random_batch(4)["image"]
-  crops, (second_global, third_local) = crops_and_references(RNG, images)
-  assert [c.shape for c in crops] == [(4, 16, 16, 3)] * 2 + [(4, 8, 8, 3)] * 3
+  crops, (second_global, locals_) = crops_and_references(RNG, images)
+  assert [c.shape for c in crops] == [(4, 16, 16, 3)] * 2 + [(12, 8, 8, 3)]
   np.testing.assert_allclose(crops[1], second_global, atol=1e-5)
-  np.testing.assert_allclose(crops[4], third_local, atol=1e-5)
-  assert not np.allclose(crops[2], crops[3])  # Local crops are distinct draws.
+  np.testing.assert_allclose(crops[2], locals_, atol=1e-5)
+  # Crop-major: rows 4-7 are the second local crop of images 0-3, a distinct draw.
+  assert not np.allclose(crops[2][:4], crops[2][4:8])
   # Another batch and key: the same program, no retrace (every size is static).
   crops_and_references(jax.random.PRNGKey(5), random_batch(4, seed=1)["image"])
   assert len(traces) == 1
+  # One backbone call per resolution: the two globals concatenate, the locals stay apart.
+  groups = views.group_by_resolution(crops)
+  assert [g.shape for g in groups] == [(8, 16, 16, 3), (12, 8, 8, 3)]
+  np.testing.assert_array_equal(groups[0][4:], crops[1])
 
-  with pytest.raises(ValueError, match="at least one global"):
-    views.multi_crop_views(RNG, images, [], local_view, 2)
-  with pytest.raises(ValueError, match="non-negative"):
-    views.multi_crop_views(RNG, images, global_views, local_view, -1)
+  with pytest.raises(ValueError, match="at least one"):
+    views.multi_crop_views(RNG, images, [])
+  with pytest.raises(ValueError, match="count >= 1"):
+    views.multi_crop_views(RNG, images, [(global_1, 0)])
 
 
 # ----------------------------------------------------------------------------- EMA teacher
@@ -456,11 +461,8 @@ def test_queue_and_teacher_are_identical_on_one_and_eight_devices():
 # ----------------------------------------------------------------------------- learning
 
 
-# One short run per method through the real loop (about a minute each on a loaded 2-core
-# machine); BYOL, which has neither negatives nor a fixed target to stop collapse, runs by
-# default and the others with `-m slow`.
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=() if name == "byol" else pytest.mark.slow) for name in METHODS])
+# One short run per method through the real loop (under a minute each on a 2-core machine).
+@pytest.mark.parametrize("name", METHODS)
 def test_smoke_run_learns_without_collapse(name, tmp_path):
   config = config_lib.load_config(f"{REPO}/configs/{name}.py:smoke")
   config.lock()

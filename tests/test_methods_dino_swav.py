@@ -441,7 +441,6 @@ def test_dino_smoke_run_learns_without_collapse(tmp_path):
   assert len(list((tmp_path / "attention").glob("attention_60_*.png"))) == 3
 
 
-@pytest.mark.slow  # The DINO smoke run above covers the multi-crop loop path by default.
 def test_swav_smoke_run_learns_without_collapse(tmp_path):
   losses, knn, feature_std, init_std, records = _smoke("swav", tmp_path)
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses

@@ -38,44 +38,8 @@ from flax import traverse_util
 from ssl_jax import attention
 from ssl_jax.data import augment
 from ssl_jax.losses import distillation, schedules
-from ssl_jax.methods import base
+from ssl_jax.methods import base, views
 from ssl_jax.models import heads, registry, vit
-
-
-# ---------------------------------------------------------------------------------------------
-# Multi-crop views.
-
-
-def multi_crop_views(rng: jax.Array, images: jax.Array,
-                     recipes: Sequence[tuple[ml_collections.ConfigDict, int]]) -> list[jax.Array]:
-  """Crops of every image, recipe by recipe: one [count * B, size, size, C] array per recipe.
-
-  Each array is crop-major (crop 0 of every image, then crop 1 ...), the layout of the official
-  `torch.cat(crops)`; the `count` crops of one recipe are drawn by one vmapped `make_views` over
-  the tiled batch, so the traced program grows with the number of recipes, not of crops.
-  """
-  if not recipes:
-    raise ValueError("multi_crop_views needs at least one (view recipe, count) pair.")
-  keys = jax.random.split(rng, len(recipes))
-  crops = []
-  for key, (view, count) in zip(keys, recipes):
-    if count < 1:
-      raise ValueError(f"Every crop recipe needs count >= 1, got {count}; leave a recipe out "
-                       "instead of asking for 0 crops of it.")
-    tiled = jnp.tile(images, (count,) + (1,) * (images.ndim - 1)) if count > 1 else images
-    crops.append(augment.make_views(key, tiled, view))
-  return crops
-
-
-def group_by_resolution(crops: Sequence[jax.Array]) -> list[jax.Array]:
-  """Concatenates consecutive crop arrays of the same size (`MultiCropWrapper`'s grouping)."""
-  groups: list[list[jax.Array]] = []
-  for crop in crops:
-    if groups and groups[-1][0].shape[1:] == crop.shape[1:]:
-      groups[-1].append(crop)
-    else:
-      groups.append([crop])
-  return [jnp.concatenate(g, axis=0) if len(g) > 1 else g[0] for g in groups]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +293,7 @@ class DINO(base.Method):
 
   def make_crops(self, rng: jax.Array, images: jax.Array) -> list[jax.Array]:
     """[global 1, global 2, local crops...] as normalised float arrays, crop-major."""
-    return multi_crop_views(rng, images, self.crop_recipes)
+    return views.multi_crop_views(rng, images, self.crop_recipes)
 
   # -- Method contract ------------------------------------------------------------------------
 
@@ -365,7 +329,7 @@ class DINO(base.Method):
     batch_stats = state["batch_stats"]["teacher"] if "batch_stats" in state else None
     # The teacher has no stochastic depth, so its dropout rng is never drawn from.
     out, new_stats = self._apply(self.teacher, state["teacher"], batch_stats,
-                                 group_by_resolution(crops[:2]), jax.random.PRNGKey(0))
+                                 views.group_by_resolution(crops[:2]), jax.random.PRNGKey(0))
     return jax.lax.stop_gradient(out.reshape(2, -1, out.shape[-1])), new_stats
 
   def teacher_temperature(self, step: jax.Array) -> jax.Array:
@@ -381,7 +345,7 @@ class DINO(base.Method):
     has_bn = "batch_stats" in state
     student_out, student_stats = self._apply(
         self.student, params, state["batch_stats"]["student"] if has_bn else None,
-        group_by_resolution(crops), drop_rng)
+        views.group_by_resolution(crops), drop_rng)
     student_logits = student_out.reshape(self.num_crops, -1, student_out.shape[-1])
     teacher_logits, teacher_stats = self.teacher_forward(state, crops)
     temperature = self.teacher_temperature(step)

@@ -40,7 +40,7 @@ import optax
 from ssl_jax.data import augment
 from ssl_jax.losses import contrastive, distillation
 from ssl_jax.losses import queue as queue_lib
-from ssl_jax.methods import base
+from ssl_jax.methods import base, views
 from ssl_jax.methods import dino
 from ssl_jax.models import heads, registry
 
@@ -224,7 +224,7 @@ class SwAV(base.Method):
                              std=tuple(view.std))
 
   def make_crops(self, rng: jax.Array, images: jax.Array) -> list[jax.Array]:
-    return dino.multi_crop_views(rng, images, [tuple(r) for r in self.crop_recipes])
+    return views.multi_crop_views(rng, images, [tuple(r) for r in self.crop_recipes])
 
   # -- Method contract ------------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class SwAV(base.Method):
     """Train-mode forward of all crops: ([V, B, D] embeddings, [V, B, K] scores, batch stats)."""
     params = {**params, "prototypes": straight_through_normalized(params["prototypes"])}
     variables = {"params": params}
-    groups = dino.group_by_resolution(crops)
+    groups = views.group_by_resolution(crops)
     if "batch_stats" in state:
       variables["batch_stats"] = state["batch_stats"]
       (embeddings, scores), updates = self.network.apply(

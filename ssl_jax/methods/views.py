@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import chex
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax.data import augment
@@ -97,35 +98,41 @@ def two_views(rng: chex.PRNGKey, images: jax.Array, view1: View,
   return augment.make_views(keys[0], images, view1), augment.make_views(keys[1], images, view2)
 
 
-def multi_crop_views(rng: chex.PRNGKey, images: jax.Array, global_views: Sequence[View],
-                     local_view: View, num_local: int) -> list[jax.Array]:
-  """G global crops (one per recipe in `global_views`) then `num_local` local crops.
+def multi_crop_views(rng: chex.PRNGKey, images: jax.Array,
+                     recipes: Sequence[tuple[View, int]]) -> list[jax.Array]:
+  """Multi-crop (SwAV, Caron et al. 2020, Sec. 3.2; DINO): one [count * B, size, size, C] array
+  per (recipe, count), e.g. DINO's [(global_view_1, 1), (global_view_2, 1), (local_view, 8)].
 
-  Multi-crop (SwAV, Caron et al. 2020, Sec. 3.2; DINO): e.g. two 224 global crops at scale
-  0.4-1 (DINO: BYOL's view1/view2 recipes) and ten 96 local crops at scale 0.05-0.4. Every size
-  is a static number from the config, so the step compiles once and never per batch. The local
-  crops are one `vmap` over `num_local` keys of the same recipe: one traced program whatever the
-  number of crops (ten unrolled copies would make compilation ten times longer).
+  Each array is crop-major (crop 0 of every image, then crop 1 ...), the layout of the official
+  `torch.cat(crops)`. The `count` crops of one recipe are drawn by one `make_views` over the
+  tiled batch, so the traced program grows with the number of recipes, not of crops, and every
+  size is a static number from the config: the step compiles once, never per batch.
 
   Args:
-    rng: key; global crop i uses `split(rng, G + 1)[i]`, the locals the last key.
+    rng: key; recipe i uses `split(rng, len(recipes))[i]`.
     images: uint8 [B, H, W, C] canvas images (the global batch).
-    global_views: the G global recipes (G >= 1).
-    local_view: the recipe of every local crop (ignored when `num_local` is 0).
-    num_local: number of local crops L >= 0.
-
-  Returns:
-    A list of G + L float32 arrays: [B, g_i, g_i, C] for the globals, then [B, l, l, C].
+    recipes: (view recipe, count >= 1) pairs, globals first.
   """
-  if not global_views:
-    raise ValueError("multi_crop_views needs at least one global view recipe.")
-  if int(num_local) != num_local or num_local < 0:
-    raise ValueError(f"num_local must be a non-negative int, got {num_local!r}.")
-  num_local = int(num_local)
-  keys = jax.random.split(rng, len(global_views) + 1)
-  crops = [augment.make_views(key, images, view) for key, view in zip(keys, global_views)]
-  if num_local:
-    local_keys = jax.random.split(keys[-1], num_local)
-    local_crops = jax.vmap(lambda key: augment.make_views(key, images, local_view))(local_keys)
-    crops.extend(local_crops[i] for i in range(num_local))
+  if not recipes:
+    raise ValueError("multi_crop_views needs at least one (view recipe, count) pair.")
+  keys = jax.random.split(rng, len(recipes))
+  crops = []
+  for key, (view, count) in zip(keys, recipes):
+    if int(count) != count or count < 1:
+      raise ValueError(f"Every crop recipe needs an int count >= 1, got {count!r}; leave a "
+                       "recipe out instead of asking for 0 crops of it.")
+    tiled = jnp.tile(images, (count,) + (1,) * (images.ndim - 1)) if count > 1 else images
+    crops.append(augment.make_views(key, tiled, view))
   return crops
+
+
+def group_by_resolution(crops: Sequence[jax.Array]) -> list[jax.Array]:
+  """Concatenates consecutive crop arrays of the same size (DINO's `MultiCropWrapper`
+  grouping): one backbone call per resolution instead of one per crop."""
+  groups: list[list[jax.Array]] = []
+  for crop in crops:
+    if groups and groups[-1][0].shape[1:] == crop.shape[1:]:
+      groups[-1].append(crop)
+    else:
+      groups.append([crop])
+  return [jnp.concatenate(g, axis=0) if len(g) > 1 else g[0] for g in groups]
