@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the test suite (CPU) in the project's .venv, creating it first if needed.
-#   bash tests/run.sh                 # default suite (about 10 minutes or less on 2 cores)
-#   bash tests/run.sh -m slow         # the longer tests
+#   bash tests/run.sh                 # the suite (about 15 minutes on 2 cores)
+#   bash tests/run.sh -k dino         # any pytest arguments
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/launch/setup_env.sh"

@@ -379,29 +379,3 @@ def test_objective_gradients_split_by_parameter_group(kind):
       "l1", "ssim", "perceptual", "style", "generator_adversarial", "generator",
       "discriminator", "real_accuracy", "fake_accuracy", "adversarial_weight"}
 
-
-def test_split_gradient_apply_is_two_stop_gradient_calls_in_one_pass():
-  rng = np.random.RandomState(3)
-  w = jnp.asarray(rng.randn(5, 2), jnp.float32)
-  x = jnp.asarray(rng.randn(4, 5), jnp.float32)
-  apply = lambda p, v: (jnp.tanh(v @ p).sum(-1), [jnp.tanh(v @ p)])  # noqa: E731
-  sg = jax.lax.stop_gradient
-
-  def split(p, v):
-    (logits_d, _), (logits_g, feats_g) = P.split_gradient_apply(apply, p, v)
-    return (logits_d**2).sum() + 3.0 * logits_g.sum() + (feats_g[0]**3).sum()
-
-  def reference(p, v):
-    logits_d, _ = apply(p, sg(v))
-    logits_g, feats_g = apply(sg(p), v)
-    return (logits_d**2).sum() + 3.0 * logits_g.sum() + (feats_g[0]**3).sum()
-
-  got = jax.grad(split, argnums=(0, 1))(w, x)
-  want = jax.grad(reference, argnums=(0, 1))(w, x)
-  for g, r in zip(got, want):
-    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
-  # Each copy's gradient really is one-sided: the params see only the first copy's terms.
-  only_first = jax.grad(lambda p: (P.split_gradient_apply(apply, p, x)[0][0]**2).sum())(w)
-  only_second = jax.grad(lambda p: P.split_gradient_apply(apply, p, x)[1][0].sum())(w)
-  np.testing.assert_allclose(only_first, want[0], rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(only_second, np.zeros_like(w))

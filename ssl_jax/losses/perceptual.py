@@ -17,7 +17,6 @@ adversarial, perceptual and style terms see the discriminator's parameters throu
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -391,37 +390,6 @@ def style_loss(fake_features: Sequence[jax.Array],
 # ----------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def split_gradient_apply(apply_discriminator: ApplyDiscriminator, params: Any,
-                         images: jax.Array) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
-  """One discriminator forward on `images`, returned twice with disjoint gradient paths.
-
-  The first copy differentiates only w.r.t. `params` (as if `images` were stop-gradient), the
-  second only w.r.t. `images` (as if `params` were): exactly
-  `(apply(params, sg(images)), apply(sg(params), images))`, at the price of one forward pass
-  instead of two. The discriminator's loss on reconstructions and the generator's adversarial
-  term judge the same batch with the same parameters, so they share it.
-  """
-  outputs = apply_discriminator(params, images)
-  return outputs, outputs
-
-
-def _split_gradient_fwd(apply_discriminator, params, images):
-  outputs, pullback = jax.vjp(apply_discriminator, params, images)
-  return (outputs, outputs), pullback
-
-
-def _split_gradient_bwd(apply_discriminator, pullback, cotangents):
-  del apply_discriminator
-  params_branch, images_branch = cotangents
-  params_grad, _ = pullback(params_branch)   # XLA drops the unused input gradient ...
-  _, images_grad = pullback(images_branch)   # ... and here the unused parameter gradient.
-  return params_grad, images_grad
-
-
-split_gradient_apply.defvjp(_split_gradient_fwd, _split_gradient_bwd)
-
-
 def perceptual_mae_objective(
     fake_images: jax.Array,
     real_images: jax.Array,
@@ -483,13 +451,13 @@ def perceptual_mae_objective(
 
   # The discriminator's own terms: the reconstruction reaches it only as a constant.
   real_logits, real_features = apply_discriminator(discriminator_params, real_images)
-  # D(sg(fake)) for the discriminator's loss and D_sg(fake) for the generator's terms: one pass.
-  (fake_logits_for_d, _), (fake_logits_for_g, fake_features) = split_gradient_apply(
-      apply_discriminator, discriminator_params, fake_images)
+  fake_logits_for_d, _ = apply_discriminator(discriminator_params, sg(fake_images))
   chex.assert_equal_shape([real_logits, fake_logits_for_d])
   discriminator = discriminator_loss_fn(real_logits, fake_logits_for_d)
 
-  # The generator's terms: the discriminator is a fixed function here.
+  # The generator's terms: the discriminator is a fixed function here. (Its forward pass on
+  # `fake_images` is the one above: XLA merges the two, the FLOP count of the step shows one.)
+  fake_logits_for_g, fake_features = apply_discriminator(sg(discriminator_params), fake_images)
   generator_adversarial = generator_loss_fn(fake_logits_for_g)
   if feature_discriminator_params is None:
     target_features = [sg(f) for f in real_features]
