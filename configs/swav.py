@@ -69,7 +69,7 @@ def get_config(arg: str = "digits"):
       if preset == "smoke":
         common.smoke_data(config)
         common.tiny_vit(config)
-        m.hidden_mlp, m.feat_dim, m.nmb_prototypes = 128, 32, 30
+        m.hidden_mlp, m.feat_dim, m.nmb_prototypes = 128, 32, 64
         m.local_crops_number = 2
       else:
         common.digits_data(config)
@@ -89,7 +89,9 @@ def get_config(arg: str = "digits"):
       common.cifar10_data(config)
       config.model.name, config.model.stem = "resnet18", "cifar"
       _crop_sizes(config, 32, 16)
-      m.hidden_mlp, m.feat_dim, m.nmb_prototypes = 512, 128, 100
+      # solo-learn's CIFAR SwAV: 3000 prototypes (more than the 128 embedding dims; see
+      # SwAV.network), Sinkhorn over the batch, queue from epoch 10.
+      m.hidden_mlp, m.feat_dim, m.nmb_prototypes = 512, 128, 3000
       m.local_crops_number = 4
       m.queue_length, m.epoch_queue_starts = 2560, 10
       config.optim.lr, config.optim.lr_scaling = 0.6, "linear"  # 0.6 at batch 256 (bs256 script).

@@ -48,7 +48,7 @@ def tiny_config(name, **overrides):
     views = (m.global_view, m.local_view)
     m.global_view.size, m.local_view.size = 16, 8
     m.local_crops_number = 2
-    m.hidden_mlp, m.feat_dim, m.nmb_prototypes = 32, 16, 10
+    m.hidden_mlp, m.feat_dim, m.nmb_prototypes = 32, 16, 24
   for view in views:
     view.jitter_prob = view.grayscale_prob = view.blur_prob = view.solarize_prob = 0.0
   config.lock()
@@ -449,3 +449,11 @@ def test_swav_smoke_run_learns_without_collapse(tmp_path):
   embedding_std = [r["train/embedding_std"] for r in records if "train/embedding_std" in r]
   assert embedding_std[-1] > 0.3 / np.sqrt(32), embedding_std
   assert knn and knn[-1] > 0.3, knn
+
+
+def test_swav_refuses_fewer_prototypes_than_embedding_dims():
+  config = tiny_config("swav")
+  config.unlock()
+  config.method.nmb_prototypes = config.method.feat_dim
+  with pytest.raises(ValueError, match="null space"):
+    build_method(config).init(jax.random.PRNGKey(0), random_batch())

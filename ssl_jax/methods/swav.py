@@ -169,6 +169,14 @@ class SwAV(base.Method):
   @property
   def network(self) -> SwAVNetwork:
     m = self._m
+    if m.nmb_prototypes <= m.feat_dim:
+      # With K <= D the prototypes leave a null space: embeddings orthogonal to every prototype
+      # score 0 against all of them, so predictions and Sinkhorn codes are uniform, the loss
+      # sits at log K and its gradient vanishes (seen on CIFAR-10: K = 100, D = 128).
+      raise ValueError(f"method.nmb_prototypes ({m.nmb_prototypes}) must exceed method.feat_dim "
+                       f"({m.feat_dim}), or the embeddings can escape every prototype into "
+                       "their null space (uniform codes, loss stuck at log K); swav uses 3000 "
+                       "prototypes for 128-d embeddings.")
     dtype = base.compute_dtype(self.config.model)
     projector = heads.MLPHead(num_layers=2, hidden_dim=m.hidden_mlp, out_dim=m.feat_dim,
                               hidden_batch_norm=True, use_bias=True, dtype=dtype)
