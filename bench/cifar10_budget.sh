@@ -4,6 +4,7 @@
 #
 #   bash bench/cifar10_budget.sh [ROOT=/tmp/cifar10_budget] [METHOD ...]
 #
+# PROTOCOLS=knn,linear,fewshot adds protocols to the random-init evaluation.
 # Needs ../shared/data (or $SSL_JAX_DATA) with cifar10_{train,test}.npz. Each method takes about
 # 10 minutes on a 2-core CPU. Rows: W/metrics.jsonl (the run's own k-NN and fast linear probe)
 # and W/eval/random.json (`python -m ssl_jax.evaluate --init random`), via `ssl_jax.report`.
@@ -23,6 +24,6 @@ for method in "${METHODS[@]}"; do
   "$PY" -m ssl_jax.train --config "configs/$method.py:cifar10,cpu" --workdir "$workdir"
   echo "{\"method\": \"$method\", \"train_wall_s\": $(( $(date +%s) - start ))}" \
     >> "$ROOT/wall_times.jsonl"
-  "$PY" -m ssl_jax.evaluate --workdir "$workdir" --init random --protocols knn,linear
+  "$PY" -m ssl_jax.evaluate --workdir "$workdir" --init random --protocols "${PROTOCOLS:-knn,linear}"
 done
 "$PY" -m ssl_jax.report "${METHODS[@]/#/$ROOT/}"

@@ -126,11 +126,11 @@ def cpu_budget(config, lr=1e-3, warmup_steps=20):
 
 
 def mae_cpu_budget(config):
-  """`cifar10,cpu` for MAE and Perceptual MAE: `cpu_budget` with MAE's AdamW betas and 500
+  """`cifar10,cpu` for MAE and Perceptual MAE: `cpu_budget` with MAE's AdamW betas and 300
   steps instead of 200, since the encoder sees a quarter of the patches and an MAE step costs
   a fraction of a two-view step."""
   cpu_budget(config, lr=1.5e-3, warmup_steps=20)
   config.optim.b1, config.optim.b2 = 0.9, 0.95
-  config.total_steps = 500
-  config.checkpoint_every = 250
+  config.total_steps = 300
+  config.checkpoint_every = 150
   config.eval.protocols = "knn,linear,fewshot"

@@ -111,6 +111,10 @@ def get_config(arg: str = "digits"):
       config.optim.weight_decay = 0.04   # -> method.weight_decay_end, DINO's cosine.
       m.local_crops_number = 4
       m.out_dim, m.hidden_dim, m.bottleneck_dim = 1024, 512, 128
+      # dino --use_bn_in_head: a random ViT's CLS features are nearly the same for every image,
+      # so without BN the centred teacher goes uniform within ~100 steps (loss -> log 1024,
+      # k-NN at random init's level after 200 steps); BN spreads them from the first step.
+      m.use_bn_in_head = True
       # 200 steps: a teacher that moves within the run (0.996 barely leaves its random init),
       # the sharp teacher temperature from the start, the last layer trained from step 0.
       m.momentum_teacher = 0.99
