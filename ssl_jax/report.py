@@ -19,6 +19,8 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
+import numpy as np
+
 from ssl_jax import metrics_io
 
 _BASELINES = {"random": "random init", "raw": "raw pixels"}
@@ -87,15 +89,23 @@ def read_workdir(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
   frozen = bool(config.get("method", {}).get("freeze_backbone"))
   base = {"run": workdir.name, "backbone": _backbone(config),
           "steps": _last(records, "step"), "epochs": _last(records, "train/epoch")}
-  rows = [dict(base, method=_method(config), metrics=run_metrics, frozen=frozen)]
+  rows = [dict(base, method=_method(config), metrics=run_metrics, frozen=frozen,
+               images_per_sec=_train_images_per_sec(records))]
   for evaluation in evaluations:
     if evaluation.get("init") in _BASELINES:
       rows.append(dict(base, method=_BASELINES[evaluation["init"]], steps=None, epochs=None,
-                       metrics=evaluation["metrics"], frozen=False))
+                       metrics=evaluation["metrics"], frozen=False, images_per_sec=None))
   return rows
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], *, seconds: bool = False) -> str:
+def _train_images_per_sec(records: Sequence[dict[str, Any]]) -> float | None:
+  """Median logged training throughput, leaving out the first window (it holds the compile)."""
+  rates = [r["train/images_per_sec"] for r in records if "train/images_per_sec" in r][1:]
+  return float(np.median(rates)) if rates else None
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], *, seconds: bool = False,
+                   throughput: bool = False) -> str:
   has_head_probe = any(r["frozen"] and "eval/classifier_top1" in r["metrics"] for r in rows)
   header = ["Run", "Method", "Backbone", "Steps (epochs)", "k-NN", "Linear", "Few-shot (10)"]
   if has_head_probe:
@@ -103,6 +113,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, seconds: bool = False) -> 
   header.append("Fine-tune")
   if seconds:
     header += ["k-NN s", "Linear s", "Few-shot s"]
+  if throughput:
+    header.append("Train img/s")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     m = row["metrics"]
@@ -118,6 +130,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, seconds: bool = False) -> 
     cells.append(_percent(None if row["frozen"] else classifier))
     if seconds:
       cells += [_seconds(m.get(f"eval/{p}_seconds")) for p in ("knn", "linear", "fewshot")]
+    if throughput:
+      rate = row.get("images_per_sec")
+      cells.append("—" if rate is None else f"{rate:.0f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -127,12 +142,14 @@ def main(argv: Sequence[str] | None = None) -> str:
                                    description="Markdown table of ssl_jax results.")
   parser.add_argument("workdirs", nargs="+", help="ssl_jax.train workdirs")
   parser.add_argument("--seconds", action="store_true", help="add each protocol's time")
+  parser.add_argument("--throughput", action="store_true",
+                      help="add the run's median training images/s")
   args = parser.parse_args(argv)
   try:
     rows = [row for workdir in args.workdirs for row in read_workdir(workdir)]
   except FileNotFoundError as error:
     sys.exit(f"report: {error}")
-  table = markdown_table(rows, seconds=args.seconds)
+  table = markdown_table(rows, seconds=args.seconds, throughput=args.throughput)
   print(table)
   return table
 

@@ -76,6 +76,18 @@ def test_the_cli_evaluates_baselines_and_the_report_tabulates_them(workdir, caps
   assert any("random init" in line for line in lines)
   assert any("supervised from scratch" in line for line in lines)
 
+  # --throughput: the run's median logged images/s (first window, with the compile, left out).
+  # This workdir's checkpoint was written directly (no metrics.jsonl), so give it a log.
+  rates = [5.0, 100.0, 120.0, 110.0]  # the first window includes the compile
+  with open(workdir / "metrics.jsonl", "w") as f:
+    for step, rate in enumerate(rates):
+      f.write(json.dumps({"step": step, "train/loss": 1.0, "train/images_per_sec": rate}) + "\n")
+  table = report.main([str(workdir), "--throughput"]).splitlines()
+  assert table[0].rstrip(" |").endswith("Train img/s")
+  run_row = table[2].split("|")
+  assert run_row[-2].strip() == "110"
+  assert all(line.split("|")[-2].strip() == "—" for line in table[3:])  # baselines
+
 
 def test_bad_paths_and_steps_are_clear_errors(workdir, tmp_path):
   with pytest.raises(SystemExit, match="does not exist"):
