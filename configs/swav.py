@@ -105,9 +105,13 @@ def get_config(arg: str = "digits"):
                 warmup_epochs=0, queue_length=3840)
     elif preset == "cpu":
       common.cpu_budget(config)
-      # 200 steps: no queue (the 256-image batch already spans 100 prototypes), prototypes
-      # frozen for the first half epoch (~20 steps) instead of one, no blur at 32 px.
+      # 200 steps: no queue, no blur at 32 px, and the prototypes frozen at their random init
+      # for the whole run. A random ViT's features are nearly the same for every image, so the
+      # early codes are arbitrary and AdamW, which moves every coordinate by ~lr whatever the
+      # gradient's size, turned the trainable prototypes orthogonal to the embeddings within
+      # 40 steps: every score 0, loss exactly log K, gradient ~0. Fixed random prototypes
+      # spanning the embedding space cannot give equal scores to a unit embedding.
       m.queue_length = 0
-      m.freeze_prototypes_epochs = 0.5
+      m.freeze_prototypes_epochs = 6.0
       m.global_view.blur_prob = m.local_view.blur_prob = 0.0
   return config
