@@ -116,4 +116,9 @@ def get_config(arg: str = "digits"):
       # Exactly MAE's `cifar10,cpu` generator and schedule, so the two runs differ only in
       # the discriminator and the losses.
       common.mae_cpu_budget(config)
+      # The discriminator's lr follows the generator's cosine to 0: with a constant lr it kept
+      # learning while the generator's lr vanished and won the last 40 of 300 steps (accuracy
+      # real 0.55 -> 1.00, fake 0.69 -> 0.97), leaving the adversarial terms no signal.
+      m.discriminator_optim.schedule = "cosine"
+      m.discriminator_optim.warmup_steps = config.optim.warmup_steps
   return config

@@ -103,10 +103,13 @@ def test_cpu_budget_is_one_encoder_batch_and_step_count_for_every_joint_embeddin
   for name in ("simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino"):
     config = config_lib.load_config(f"{REPO}/configs/{name}.py:cifar10,cpu")
     budget = (config.model.name, config.model.hidden_size, config.model.depth,
-              config.model.num_heads, config.batch_size, config.total_steps, config.optim.name,
-              config.optim.lr, config.data.source)
+              config.model.num_heads, config.batch_size, config.total_steps, config.data.source)
     assert shared in (None, budget), (name, budget, shared)
     shared = budget
+    # One optimiser for all but SimSiam, which partially collapses under AdamW at this budget
+    # and keeps its paper's SGD (configs/simsiam.py).
+    expected_optimizer = ("sgd", 0.1) if name == "simsiam" else ("adamw", 1e-3)
+    assert (config.optim.name, config.optim.lr) == expected_optimizer, name
   mae = config_lib.load_config(f"{REPO}/configs/mae.py:cifar10,cpu")
   pmae = config_lib.load_config(f"{REPO}/configs/perceptual_mae.py:cifar10,cpu")
   for key in ("model", "optim", "data"):
