@@ -96,7 +96,8 @@ def vit_adamw(config, lr, warmup_steps):
 
 # The fixed CPU budget every method's CIFAR-10 figure in docs/results.md is measured at:
 # `configs/<method>.py:cifar10,cpu`. Same backbone, batch, steps and optimiser for every method,
-# so the methods differ only in their objective, views and heads.
+# so the methods differ only in their objective, views and heads (SimSiam alone keeps its
+# paper's SGD: under AdamW it partially collapsed, configs/simsiam.py).
 CPU_BUDGET_STEPS = 200           # x batch 256 = 51,200 images: 5.1 epochs of the 10k split.
 CPU_BUDGET_BATCH = 256
 
