@@ -12,10 +12,8 @@ kernels. One JSON line per layer and pass.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,19 +21,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import common  # noqa: E402
 from ssl_jax.models import discriminators  # noqa: E402
-
-
-def _time_and_flops(fn, *args, repeats: int) -> tuple[float, float]:
-  compiled = jax.jit(fn).lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = compiled(*args)
-  jax.block_until_ready(out)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return (time.perf_counter() - start) / repeats, float(cost.get("flops", 0.0))
 
 
 def main():
@@ -56,21 +43,24 @@ def main():
 
     def conv(w, x, pad=pad):
       return jax.lax.conv_general_dilated(
-          x, w, (2, 2), ((pad, pad), (pad, pad)),
-          dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+          x, w, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    passes = {"forward": conv,
-              "input_gradient": jax.grad(conv, argnums=1),
-              "weight_gradient": jax.grad(conv, argnums=0)}
+    def summed(w, x, conv=conv):
+      return conv(w, x).sum()
+
+    passes = {"forward": summed,
+              "input_gradient": jax.grad(summed, argnums=1),
+              "weight_gradient": jax.grad(summed, argnums=0)}
     for name, fn in passes.items():
-      seconds, flops = _time_and_flops(fn, weights, inputs, repeats=args.repeats)
-      print(json.dumps({"bench": "discriminator_layers", "layer": index,
-                        "conv": f"{kernel}x{kernel} {channels}->{width} stride 2 at {size}",
-                        "pass": name, "seconds": seconds, "gflops": flops / 1e9,
-                        "gflops_per_sec": flops / seconds / 1e9, "batch_size": args.batch_size,
-                        "device": jax.devices()[0].platform}))
-    size = (size + 2 * pad - kernel) // 2 + 1
-    channels = width
+      compiled = jax.jit(fn).lower(weights, inputs).compile()
+      seconds = common.time_fn(compiled, weights, inputs, repeats=args.repeats)
+      flops = common.compiled_flops(compiled)
+      common.emit({"bench": "discriminator_layers", "layer": index,
+                   "conv": f"{kernel}x{kernel} {channels}->{width} stride 2 at {size}",
+                   "pass": name, "seconds": seconds, "gflops": flops / 1e9,
+                   "gflops_per_sec": flops / seconds / 1e9, "batch_size": args.batch_size,
+                   "device": jax.devices()[0].platform})
+    size, channels = jax.eval_shape(conv, weights, inputs).shape[2:]
 
 
 if __name__ == "__main__":
