@@ -8,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ssl_jax import image_ops
+from ssl_jax.losses import reconstruction
 from ssl_jax.models import discriminators as D
+from ssl_jax.models import vit
 
 
 def _random_params(module, *args, seed=0):
@@ -90,7 +93,7 @@ def test_msg_single_array_equals_its_area_pyramid():
   params = _random_params(module, images)
   apply = jax.jit(module.apply)
   logits_a, features_a = apply(params, images)
-  logits_b, features_b = apply(params, D.image_pyramid(images, 3))
+  logits_b, features_b = apply(params, image_ops.image_pyramid(images, 3))
   np.testing.assert_allclose(logits_a, logits_b, rtol=1e-6)
   for a, b in zip(features_a, features_b):
     np.testing.assert_allclose(a, b, rtol=1e-6)
@@ -101,8 +104,8 @@ def test_msg_rejects_bad_inputs():
   module = D.MSGDiscriminator(num_scales=4, feature_size=16)
   images = jnp.zeros((2, 32, 32, 3))
   with pytest.raises(ValueError, match="got 3 images"):
-    _shapes(module, D.image_pyramid(images, 3))
-  levels = D.image_pyramid(images, 4)
+    _shapes(module, image_ops.image_pyramid(images, 3))
+  levels = image_ops.image_pyramid(images, 4)
   with pytest.raises(ValueError, match="pyramid level 1"):
     _shapes(module, [levels[0], levels[2], levels[2], levels[3]])
   with pytest.raises(ValueError, match="4x4"):
@@ -201,7 +204,7 @@ def test_batch_stat_norm_normalises_with_current_batch_statistics():
 
 def test_image_pyramid_area_shapes_and_block_means():
   x = np.random.RandomState(4).rand(2, 8, 12, 3).astype(np.float32)
-  levels = D.image_pyramid(jnp.asarray(x), 3)
+  levels = image_ops.image_pyramid(jnp.asarray(x), 3)
   assert [l.shape for l in levels] == [(2, 8, 12, 3), (2, 4, 6, 3), (2, 2, 3, 3)]
   np.testing.assert_array_equal(levels[0], x)
   expected_1 = x.reshape(2, 4, 2, 6, 2, 3).mean(axis=(2, 4))
@@ -209,14 +212,14 @@ def test_image_pyramid_area_shapes_and_block_means():
   np.testing.assert_allclose(levels[1], expected_1, rtol=1e-6)
   np.testing.assert_allclose(levels[2], expected_2, rtol=1e-6)
   with pytest.raises(ValueError, match="divisible"):
-    D.image_pyramid(jnp.asarray(x), 4)
+    image_ops.image_pyramid(jnp.asarray(x), 4)
   with pytest.raises(ValueError, match="method"):
-    D.image_pyramid(jnp.asarray(x), 2, method="nearest")
+    image_ops.image_pyramid(jnp.asarray(x), 2, method="nearest")
 
 
 def test_image_pyramid_bilinear_align_corners_matches_torch_semantics():
   x = np.random.RandomState(5).rand(1, 8, 10, 2).astype(np.float32)
-  levels = D.image_pyramid(jnp.asarray(x), 3, method="bilinear_align_corners")
+  levels = image_ops.image_pyramid(jnp.asarray(x), 3, method="bilinear_align_corners")
   # The authors' scale_pyramid sizes: H // 2**s, W // 2**s.
   assert [l.shape[1:3] for l in levels] == [(8, 10), (4, 5), (2, 2)]
   # align_corners=True keeps the corner pixels and samples rows at i * (8 - 1) / (4 - 1).
@@ -234,13 +237,13 @@ def test_image_pyramid_bilinear_align_corners_matches_torch_semantics():
 
 def test_patchify_uses_mae_order_and_unpatchify_inverts_it():
   x = np.random.RandomState(6).rand(2, 8, 12, 3).astype(np.float32)
-  patches = np.asarray(D._patchify(jnp.asarray(x), 4))
+  patches = np.asarray(vit.patchify(jnp.asarray(x), 4))
   assert patches.shape == (2, 6, 48)
   for k in range(6):
     r, c = divmod(k, 3)  # row-major over the 2 x 3 patch grid
     block = x[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
     np.testing.assert_array_equal(patches[:, k], block.reshape(2, -1))
-  np.testing.assert_array_equal(D._unpatchify(jnp.asarray(patches), 4, 8, 12), x)
+  np.testing.assert_array_equal(vit.unpatchify(jnp.asarray(patches), 4, 3, (2, 3)), x)
 
 
 def test_compose_full_image_keeps_visible_and_inserts_masked_patches():
@@ -248,7 +251,7 @@ def test_compose_full_image_keeps_visible_and_inserts_masked_patches():
   images = rng.rand(2, 8, 12, 3).astype(np.float32)
   recon = rng.rand(2, 6, 48).astype(np.float32)
   mask = np.array([[1, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0]], np.float32)
-  out = np.asarray(D.compose_full_image(jnp.asarray(images), jnp.asarray(recon),
+  out = np.asarray(image_ops.compose_full_image(jnp.asarray(images), jnp.asarray(recon),
                                         jnp.asarray(mask), 4))
   for b in range(2):
     for k in range(6):
@@ -263,11 +266,11 @@ def test_compose_full_image_keeps_visible_and_inserts_masked_patches():
 def test_compose_full_image_rejects_mismatched_shapes():
   images = jnp.zeros((2, 8, 8, 3))
   with pytest.raises(ValueError, match="reconstructed_patches"):
-    D.compose_full_image(images, jnp.zeros((2, 4, 16)), jnp.zeros((2, 4)), 4)
+    image_ops.compose_full_image(images, jnp.zeros((2, 4, 16)), jnp.zeros((2, 4)), 4)
   with pytest.raises(ValueError, match="mask"):
-    D.compose_full_image(images, jnp.zeros((2, 4, 48)), jnp.zeros((2, 5)), 4)
+    image_ops.compose_full_image(images, jnp.zeros((2, 4, 48)), jnp.zeros((2, 5)), 4)
   with pytest.raises(ValueError, match="divide"):
-    D.compose_full_image(images, jnp.zeros((2, 4, 48)), jnp.zeros((2, 4)), 3)
+    image_ops.compose_full_image(images, jnp.zeros((2, 4, 48)), jnp.zeros((2, 4)), 3)
 
 
 def test_unnormalize_patch_predictions_inverts_norm_pix_targets():
@@ -276,5 +279,5 @@ def test_unnormalize_patch_predictions_inverts_norm_pix_targets():
   mean = patches.mean(-1, keepdims=True)
   var = patches.var(-1, keepdims=True, ddof=1)  # torch.var default, as in MAE
   normalised = (patches - mean) / np.sqrt(var + 1e-6)
-  restored = D.unnormalize_patch_predictions(jnp.asarray(normalised), jnp.asarray(images), 4)
+  restored = reconstruction.unnormalize_patch_predictions(jnp.asarray(normalised), jnp.asarray(images), 4)
   np.testing.assert_allclose(restored, patches, rtol=1e-5, atol=1e-6)

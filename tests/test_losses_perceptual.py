@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ssl_jax import image_ops
 from ssl_jax.losses import perceptual as P
 from ssl_jax.models import discriminators as D
 
@@ -106,8 +107,8 @@ def test_multiscale_ssim_l1_loss_is_the_authors_weighted_sum():
       0.15 * np.abs(x - y).mean()
   np.testing.assert_allclose(P.multiscale_ssim_l1_loss(x, y, num_scales=1), single, rtol=1e-4)
   four = P.multiscale_ssim_l1_loss(x, y)
-  levels_x = D.image_pyramid(jnp.asarray(x), 4, method="bilinear_align_corners")
-  levels_y = D.image_pyramid(jnp.asarray(y), 4, method="bilinear_align_corners")
+  levels_x = image_ops.image_pyramid(jnp.asarray(x), 4, method="bilinear_align_corners")
+  levels_y = image_ops.image_pyramid(jnp.asarray(y), 4, method="bilinear_align_corners")
   expected = sum(0.85 * P.ssim_loss(a, b) + 0.15 * P.l1_loss(a, b)
                  for a, b in zip(levels_x, levels_y))
   np.testing.assert_allclose(four, expected, rtol=1e-5)
@@ -323,9 +324,8 @@ def test_objective_gradients_split_by_parameter_group(kind):
     return jax.nn.sigmoid(latent @ g["w"] + g["b"]).reshape(batch, size, size, 3)
 
   def objective(g, d):
-    return P.generator_and_discriminator_objective(
-        g, d, apply_generator=lambda p: (generate(p), pixel_mask),
-        apply_discriminator=module.apply, real_images=real, weights=weights,
+    return P.perceptual_mae_objective(
+        generate(g), real, d, module.apply, loss_mask=pixel_mask, weights=weights,
         adversarial_weight=adv, feature_discriminator_params=feature_params)
 
   # The generator's terms alone, the discriminator held fixed (no stop_gradient needed here).

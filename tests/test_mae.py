@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 
 from ssl_jax import config_lib
+from ssl_jax.data import masking
+from ssl_jax.losses import reconstruction
 from ssl_jax.methods import mae
 from ssl_jax.models import vit
 
 
 @pytest.mark.parametrize("ratio,num_patches", [(0.75, 64), (0.5, 16), (0.9, 49)])
 def test_masking_keeps_exactly_the_ratio_and_restores(ratio, num_patches):
-  keep_ids, mask, ids_restore = mae.random_masking(jax.random.PRNGKey(0), 5, num_patches, ratio)
+  keep_ids, mask, ids_restore = masking.random_masking(jax.random.PRNGKey(0), 5, num_patches, ratio)
   len_keep = int(num_patches * (1 - ratio))
   assert keep_ids.shape == (5, len_keep)
   np.testing.assert_array_equal(np.asarray(mask).sum(1), num_patches - len_keep)
@@ -29,26 +31,26 @@ def test_masking_keeps_exactly_the_ratio_and_restores(ratio, num_patches):
 
 
 def test_masks_differ_per_sample_and_are_deterministic():
-  a = mae.random_masking(jax.random.PRNGKey(1), 4, 16, 0.75)[1]
-  b = mae.random_masking(jax.random.PRNGKey(1), 4, 16, 0.75)[1]
+  a = masking.random_masking(jax.random.PRNGKey(1), 4, 16, 0.75)[1]
+  b = masking.random_masking(jax.random.PRNGKey(1), 4, 16, 0.75)[1]
   np.testing.assert_array_equal(a, b)
   assert len({tuple(np.asarray(row).tolist()) for row in a}) > 1
 
 
 def test_masking_rejects_ratio_that_keeps_nothing():
   with pytest.raises(ValueError, match="at least one"):
-    mae.random_masking(jax.random.PRNGKey(0), 1, 4, 1.0)
+    masking.random_masking(jax.random.PRNGKey(0), 1, 4, 1.0)
 
 
 def test_norm_pix_targets_use_unbiased_variance():
   rng = np.random.default_rng(0)
   images = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
-  target = np.asarray(mae.patch_targets(jnp.asarray(images), 4, norm_pix_loss=True))
+  target = np.asarray(reconstruction.patch_targets(jnp.asarray(images), 4, norm_pix_loss=True))
   patches = np.asarray(vit.patchify(jnp.asarray(images), 4))
   mean = patches.mean(-1, keepdims=True)
   var = patches.var(-1, ddof=1, keepdims=True)
   np.testing.assert_allclose(target, (patches - mean) / np.sqrt(var + 1e-6), rtol=1e-5, atol=1e-5)
-  raw = np.asarray(mae.patch_targets(jnp.asarray(images), 4, norm_pix_loss=False))
+  raw = np.asarray(reconstruction.patch_targets(jnp.asarray(images), 4, norm_pix_loss=False))
   np.testing.assert_allclose(raw, patches)
 
 
@@ -57,11 +59,11 @@ def test_loss_counts_only_masked_patches_and_matches_hand_value():
   target = np.array([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]], np.float32)
   mask = np.array([[1.0, 1.0, 0.0]], np.float32)  # the third patch was visible
   # Per-patch MSE: (1+1)/2 = 1, (0+4)/2 = 2, (25+25)/2 = 25; mean over masked = (1+2)/2.
-  loss = mae.masked_mse(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+  loss = reconstruction.masked_mse(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
   np.testing.assert_allclose(float(loss), 1.5, rtol=1e-6)
   pred_changed = pred.copy()
   pred_changed[0, 2] = -100.0   # Changing a visible patch's prediction changes nothing.
-  again = mae.masked_mse(jnp.asarray(pred_changed), jnp.asarray(target), jnp.asarray(mask))
+  again = reconstruction.masked_mse(jnp.asarray(pred_changed), jnp.asarray(target), jnp.asarray(mask))
   assert float(again) == float(loss)
 
 

@@ -21,7 +21,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 class LinearAutoencoder(base.Method):
   """A real Method that compiles in a blink: linear encoder/decoder of flattened canvases."""
   width: int = 32
-  emit_probe_features: bool = False
 
   def init(self, rng, batch):
     size = int(np.prod(batch["image"].shape[1:]))
@@ -41,8 +40,6 @@ class LinearAutoencoder(base.Method):
     codes = self.features(params, state, batch["image"])
     loss = jnp.mean(jnp.square(codes @ params["decoder"] - flat))
     metrics = {"reconstruction": loss}
-    if self.emit_probe_features:
-      metrics[online_probe.PROBE_FEATURES] = jnp.zeros_like(codes)
     return loss, (metrics, {"calls": state["calls"] + 1})
 
 
@@ -99,17 +96,17 @@ def test_wrapped_loss_adds_the_probe_and_keeps_the_methods_gradient():
     np.testing.assert_array_equal(grads[name], inner_grads[name])
 
 
-def test_features_handed_over_in_metrics_are_used_and_not_logged():
-  method = online_probe.with_online_probe(toy(emit_probe_features=True), num_classes=4)
+def test_unlabelled_records_do_not_count_in_the_probe_loss():
+  method = online_probe.with_online_probe(toy(), num_classes=4)
   images, labels = digits()
   labels = labels % 4
   labels[:3] = -1  # unlabelled records do not count
   batch = {"image": images[:16], "label": labels[:16]}
   params, state = method.init(jax.random.PRNGKey(0), batch)
+  params["online_probe"]["kernel"] = jnp.zeros_like(params["online_probe"]["kernel"])
   params["online_probe"]["bias"] = jnp.array([1.0, 0.0, 0.0, 0.0])
   _, (metrics, _) = method.loss(params, state, batch, jax.random.PRNGKey(1), 0)
-  assert online_probe.PROBE_FEATURES not in metrics
-  # Zero features: every logit vector is the bias, so the loss is its cross-entropy.
+  # Zero kernel: every logit vector is the bias, so the loss is its cross-entropy.
   log_probs = np.asarray(jax.nn.log_softmax(jnp.array([1.0, 0.0, 0.0, 0.0])))
   kept = labels[:16][labels[:16] >= 0]
   assert float(metrics["online_probe_loss"]) == pytest.approx(-log_probs[kept].mean(), rel=1e-5)

@@ -57,9 +57,6 @@ class FeatureEvaluator:
     count = min(count, len(self.test_source))
     return np.stack([self.test_source[i]["image"] for i in range(count)])
 
-  def knn(self, params, state) -> dict[str, float]:
-    return self.evaluate(params, state, ("knn",))
-
   def evaluate(self, params, state, protocols: tuple[str, ...]) -> dict[str, float]:
     """Extracts train/test features once and runs each protocol on them.
 

@@ -8,7 +8,7 @@ the authors' code it follows (github.com/tractableai/perceptual-mae, commit bc23
 `src/losses/image_reconstruction.py`). docs/perceptual_mae_notes.md lists the choices and the
 places where the authors' code and this module differ.
 
-`perceptual_mae_objective` / `generator_and_discriminator_objective` put all terms into ONE
+`perceptual_mae_objective` puts all terms into ONE
 scalar whose gradient is right for both parameter groups (the design's min-max rule): the
 discriminator's loss sees the reconstruction through `stop_gradient`, and the generator's
 adversarial, perceptual and style terms see the discriminator's parameters through
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax.models.discriminators import image_pyramid
+from ssl_jax.image_ops import image_pyramid
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -490,23 +490,3 @@ def perceptual_mae_objective(
       "adversarial_weight": adv,
   }
   return generator + discriminator, metrics
-
-
-def generator_and_discriminator_objective(
-    generator_params: Any,
-    discriminator_params: Any,
-    *,
-    apply_generator: Callable[[Any], tuple[jax.Array, Optional[jax.Array]]],
-    apply_discriminator: ApplyDiscriminator,
-    real_images: jax.Array,
-    **objective_kwargs,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """`perceptual_mae_objective` as a function of both parameter groups.
-
-  `apply_generator(generator_params) -> (fake_images [B, H, W, C], loss_mask or None)`, with
-  masking randomness and the batch closed over. Differentiate w.r.t. the pair (or a params dict
-  {'generator': ..., 'discriminator': ...}) to get both groups' gradients from one call.
-  """
-  fake_images, loss_mask = apply_generator(generator_params)
-  return perceptual_mae_objective(fake_images, real_images, discriminator_params,
-                                  apply_discriminator, loss_mask=loss_mask, **objective_kwargs)

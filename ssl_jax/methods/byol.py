@@ -32,7 +32,7 @@ from flax import traverse_util
 
 from ssl_jax import optim
 from ssl_jax.losses import distillation
-from ssl_jax.methods import ema, simclr, views
+from ssl_jax.methods import ema, joint_embedding, views
 from ssl_jax.models import heads
 
 
@@ -59,7 +59,7 @@ def default_simsiam_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass(frozen=True)
-class BYOL(simclr.JointEmbeddingMethod):
+class BYOL(joint_embedding.JointEmbeddingMethod):
   """BYOL: the online predictor regresses the EMA target's projection of the other view."""
 
   teacher_parts = ("encoder", "projector")
@@ -93,7 +93,7 @@ class BYOL(simclr.JointEmbeddingMethod):
     loss = distillation.byol_loss(predictions[0], predictions[1], targets[0], targets[1])
     new_state = {**state, "batch_stats": batch_stats,
                  "teacher": {**target, "batch_stats": target_batch_stats}}
-    metrics = {"projection_std": simclr.projection_std(online_out[0]["projections"]),
+    metrics = {"projection_std": joint_embedding.projection_std(online_out[0]["projections"]),
                "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)
 
@@ -106,7 +106,7 @@ def predictor_labels(params) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimSiam(simclr.JointEmbeddingMethod):
+class SimSiam(joint_embedding.JointEmbeddingMethod):
   """SimSiam: each view's prediction regresses the other view's stop-gradient projection."""
 
   def projector(self):
@@ -138,5 +138,5 @@ class SimSiam(simclr.JointEmbeddingMethod):
         self.online_network, params, state["batch_stats"], images, model_rng)
     loss = distillation.simsiam_loss(out[0]["predictions"], out[1]["predictions"],
                                      out[0]["projections"], out[1]["projections"])
-    metrics = {"projection_std": simclr.projection_std(out[0]["projections"])}
+    metrics = {"projection_std": joint_embedding.projection_std(out[0]["projections"])}
     return loss, (metrics, {**state, "batch_stats": batch_stats})

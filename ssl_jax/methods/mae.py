@@ -22,48 +22,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssl_jax.data import augment
+from ssl_jax.data import augment, masking
+from ssl_jax.losses import reconstruction
 from ssl_jax.methods import base
 from ssl_jax.models import registry, vit
-
-
-def random_masking(rng: jax.Array, batch_size: int, num_patches: int,
-                   mask_ratio: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-sample random masking (MAE `random_masking`).
-
-  Returns:
-    keep_ids: [B, len_keep] indices of the visible patches, in shuffled order.
-    mask: [B, L] float32, 1 for removed patches, 0 for kept, in the original order.
-    ids_restore: [B, L], the permutation that undoes the shuffle.
-  """
-  len_keep = int(num_patches * (1 - mask_ratio))
-  if not 0 < len_keep <= num_patches:
-    raise ValueError(f"mask_ratio={mask_ratio} keeps {len_keep} of {num_patches} patches; "
-                     "it must keep at least one.")
-  noise = jax.random.uniform(rng, (batch_size, num_patches))
-  ids_shuffle = jnp.argsort(noise, axis=1)
-  ids_restore = jnp.argsort(ids_shuffle, axis=1)
-  keep_ids = ids_shuffle[:, :len_keep]
-  mask_shuffled = jnp.concatenate(
-      [jnp.zeros((batch_size, len_keep)), jnp.ones((batch_size, num_patches - len_keep))], axis=1)
-  mask = jnp.take_along_axis(mask_shuffled, ids_restore, axis=1)
-  return keep_ids, mask, ids_restore
-
-
-def patch_targets(images: jax.Array, patch_size: int, norm_pix_loss: bool) -> jax.Array:
-  """Reconstruction targets [B, L, p*p*C]; per-patch normalised when `norm_pix_loss`."""
-  target = vit.patchify(images, patch_size).astype(jnp.float32)
-  if norm_pix_loss:
-    mean = target.mean(axis=-1, keepdims=True)
-    var = target.var(axis=-1, keepdims=True, ddof=1)  # torch.Tensor.var is unbiased.
-    target = (target - mean) / jnp.sqrt(var + 1e-6)
-  return target
-
-
-def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-  """MAE loss: per-patch MSE averaged over removed patches only (mask == 1)."""
-  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
-  return jnp.sum(per_patch * mask) / jnp.sum(mask)
 
 
 class MAEDecoder(nn.Module):
@@ -173,8 +135,8 @@ class MAE(base.Method):
 
   def init(self, rng, batch):
     images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
-    keep_ids, _, ids_restore = random_masking(rng, 1, self.num_patches,
-                                              self.config.method.mask_ratio)
+    keep_ids, _, ids_restore = masking.random_masking(rng, 1, self.num_patches,
+                                                      self.config.method.mask_ratio)
     variables = self.model.init({"params": rng, "dropout": rng}, images, keep_ids, ids_restore,
                                 train=False)
     return variables["params"], {}
@@ -182,11 +144,12 @@ class MAE(base.Method):
   def forward(self, params, images, rng, *, train: bool):
     """Masks, encodes, decodes. Returns (pred, target, mask) for the loss and the pictures."""
     mask_rng, drop_rng = jax.random.split(rng)
-    keep_ids, mask, ids_restore = random_masking(mask_rng, images.shape[0], self.num_patches,
-                                                 self.config.method.mask_ratio)
+    keep_ids, mask, ids_restore = masking.random_masking(
+        mask_rng, images.shape[0], self.num_patches, self.config.method.mask_ratio)
     pred = self.model.apply({"params": params}, images, keep_ids, ids_restore, train=train,
                             rngs={"dropout": drop_rng})
-    target = patch_targets(images, self.patch_size, self.config.method.norm_pix_loss)
+    target = reconstruction.patch_targets(images, self.patch_size,
+                                          self.config.method.norm_pix_loss)
     return pred, target, mask
 
   def loss(self, params, state, batch, rng, step):
@@ -194,7 +157,7 @@ class MAE(base.Method):
     view_rng, model_rng = jax.random.split(rng)
     images = self._views(view_rng, batch)
     pred, target, mask = self.forward(params, images, model_rng, train=True)
-    loss = masked_mse(pred, target, mask)
+    loss = reconstruction.masked_mse(pred, target, mask)
     return loss, ({"mae_loss": loss}, state)
 
   def features(self, params, state, images):
@@ -212,9 +175,7 @@ class MAE(base.Method):
     p = self.patch_size
     patches = vit.patchify(inputs, p)
     if self.config.method.norm_pix_loss:  # Undo the per-patch normalisation for display.
-      mean = patches.mean(axis=-1, keepdims=True)
-      std = jnp.sqrt(patches.var(axis=-1, keepdims=True, ddof=1) + 1e-6)
-      pred = pred * std + mean
+      pred = reconstruction.unnormalize_patch_predictions(pred, inputs, p)
     mask = mask[..., None]
     masked = vit.unpatchify(patches * (1 - mask), p, 3)
     recon = vit.unpatchify(pred, p, 3)

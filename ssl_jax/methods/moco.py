@@ -43,7 +43,7 @@ import optax
 from flax import traverse_util
 
 from ssl_jax.losses import contrastive, queue as queue_lib
-from ssl_jax.methods import ema, simclr, views
+from ssl_jax.methods import ema, joint_embedding, views
 from ssl_jax.models import heads
 
 
@@ -74,7 +74,7 @@ def default_moco_v3_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass(frozen=True)
-class MoCoV2(simclr.JointEmbeddingMethod):
+class MoCoV2(joint_embedding.JointEmbeddingMethod):
   """MoCo v2: query encoder trained by InfoNCE against a momentum key encoder and a queue."""
 
   teacher_parts = ("encoder", "projector")
@@ -102,7 +102,7 @@ class MoCoV2(simclr.JointEmbeddingMethod):
     return params, state
 
   def loss(self, params, state, batch, rng, step):
-    temperature = simclr.check_temperature(self.config.method.temperature)
+    temperature = joint_embedding.check_temperature(self.config.method.temperature)
     view_rng, query_rng, key_rng = jax.random.split(rng, 3)
     query_images, key_images = self.make_views(view_rng, batch)
     query_out, batch_stats = self.apply_network(
@@ -117,7 +117,7 @@ class MoCoV2(simclr.JointEmbeddingMethod):
     new_queue = queue_lib.enqueue(state["queue"], contrastive.l2_normalize(keys))
     new_state = {**state, "batch_stats": batch_stats, "queue": new_queue,
                  "teacher": {**teacher, "batch_stats": teacher_batch_stats}}
-    metrics = {"projection_std": simclr.projection_std(queries),
+    metrics = {"projection_std": joint_embedding.projection_std(queries),
                "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)
 
@@ -134,7 +134,7 @@ def patch_embed_frozen_labels(params) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class MoCoV3(simclr.JointEmbeddingMethod):
+class MoCoV3(joint_embedding.JointEmbeddingMethod):
   """MoCo v3: symmetric InfoNCE between predictor outputs and momentum-encoder projections."""
 
   teacher_parts = ("encoder", "projector")
@@ -171,7 +171,7 @@ class MoCoV3(simclr.JointEmbeddingMethod):
                                  patch_embed_frozen_labels(params))
 
   def loss(self, params, state, batch, rng, step):
-    temperature = simclr.check_temperature(self.config.method.temperature)
+    temperature = joint_embedding.check_temperature(self.config.method.temperature)
     view_rng, online_rng, teacher_rng = jax.random.split(rng, 3)
     images = self.make_views(view_rng, batch)
     online_out, batch_stats = self.forward_views(
@@ -184,6 +184,6 @@ class MoCoV3(simclr.JointEmbeddingMethod):
     loss = contrastive.moco_v3_loss(queries[0], queries[1], keys[0], keys[1], temperature)
     new_state = {**state, "batch_stats": batch_stats,
                  "teacher": {**teacher, "batch_stats": teacher_batch_stats}}
-    metrics = {"projection_std": simclr.projection_std(online_out[0]["projections"]),
+    metrics = {"projection_std": joint_embedding.projection_std(online_out[0]["projections"]),
                "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)

@@ -9,10 +9,8 @@ without shaping it (the backbone's gradient from the probe term is exactly zero;
 Which features: by default the wrapped method's own `features` of the un-augmented canvas
 images, i.e. exactly what the k-NN and linear evaluators measure, for every method alike. That
 is one inference pass of the backbone (no backward), a fraction of a training step that runs
-forward and backward over two or more augmented views. A method that already computed backbone
-features of a full view inside `loss` can make the probe free by returning them in its metrics
-under `PROBE_FEATURES` ([B, D], the images in batch order); the wrapper takes them out before the
-loop logs the metrics. Unlabelled records (label -1) do not count.
+forward and backward over two or more augmented views. Unlabelled records (label -1) do not
+count.
 
 The probe has its own optimizer, Adam at a constant `learning_rate`: the features' scale is not
 known in advance and keeps changing during pretraining, and Adam's steps do not depend on it; a
@@ -34,7 +32,6 @@ import optax
 from ssl_jax.methods import base
 
 PROBE_KEY = "online_probe"
-PROBE_FEATURES = "online_probe_features"
 DEFAULT_LEARNING_RATE = 1e-3
 
 
@@ -122,9 +119,7 @@ class OnlineProbe(base.Method):
     inner_params, probe_params = _split(params)
     method_loss, (metrics, new_state) = self.inner.loss(inner_params, state, batch, rng, step)
     metrics = dict(metrics)
-    features = metrics.pop(PROBE_FEATURES, None)
-    if features is None:
-      features = self.inner.features(inner_params, state, batch["image"])
+    features = self.inner.features(inner_params, state, batch["image"])
     probe_loss, probe_accuracy = probe_loss_and_accuracy(probe_params, features,
                                                          batch["label"])
     metrics["online_probe_loss"] = probe_loss

@@ -39,9 +39,9 @@ import optax
 from flax import traverse_util
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, optim
+from ssl_jax import config_lib, image_ops, optim
 from ssl_jax.data import augment
-from ssl_jax.losses import perceptual
+from ssl_jax.losses import perceptual, reconstruction
 from ssl_jax.methods import base, mae
 from ssl_jax.models import discriminators, registry, vit
 
@@ -329,7 +329,7 @@ class PerceptualMAE(mae.MAE):
     """(logits [B], feature maps) of the discriminator on [B, H, W, 3] images in [0, 1]."""
     d = self.config.method.discriminator
     if d.type == "msg":
-      images = discriminators.image_pyramid(images, d.msg_num_scales, method=d.msg_pyramid)
+      images = image_ops.image_pyramid(images, d.msg_num_scales, method=d.msg_pyramid)
     return self.discriminator.apply({"params": params}, images)
 
   @functools.cached_property
@@ -362,7 +362,7 @@ class PerceptualMAE(mae.MAE):
     probe = jnp.zeros((2, self.image_size, self.image_size, 3), jnp.float32)
     d = self.config.method.discriminator
     if d.type == "msg":
-      probe = discriminators.image_pyramid(probe, d.msg_num_scales, method=d.msg_pyramid)
+      probe = image_ops.image_pyramid(probe, d.msg_num_scales, method=d.msg_pyramid)
     discriminator_params = self.discriminator.init(discriminator_rng, probe)["params"]
     params = {"generator": generator_params, "discriminator": discriminator_params}
     state = {}
@@ -413,9 +413,9 @@ class PerceptualMAE(mae.MAE):
     p = self.patch_size
     pixel_patches = pred
     if self.config.method.norm_pix_loss:
-      pixel_patches = discriminators.unnormalize_patch_predictions(pred, images, p)
+      pixel_patches = reconstruction.unnormalize_patch_predictions(pred, images, p)
     if self.config.method.discriminator_input == "composite":
-      fake = discriminators.compose_full_image(images, pixel_patches, mask, p)
+      fake = image_ops.compose_full_image(images, pixel_patches, mask, p)
     else:
       fake = vit.unpatchify(pixel_patches, p, 3)
     view = self.config.method.view
@@ -465,7 +465,7 @@ class PerceptualMAE(mae.MAE):
       terms["generator"] = terms["generator"] + extra
       total = total + extra
     terms["mae_loss"] = jax.lax.stop_gradient(
-        mae.masked_mse(recon["pred"], recon["target"], recon["mask"]))
+        reconstruction.masked_mse(recon["pred"], recon["target"], recon["mask"]))
     return total, terms
 
   def loss(self, params, state, batch, rng, step):
