@@ -123,3 +123,32 @@ def test_perceptual_mae_cpu_discriminator_decays_with_the_generator():
   disc = config.method.discriminator_optim
   assert (disc.schedule, disc.end_lr) == (config.optim.schedule, 0.0) == ("cosine", 0.0)
   assert disc.warmup_steps == config.optim.warmup_steps
+
+
+def _leaf_keys(config, prefix=""):
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      yield from _leaf_keys(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}"
+
+
+def test_every_config_key_is_read_by_the_code():
+  """A key that nothing reads is a setting that silently does nothing.
+
+  Every key of every documented preset must appear in the library as an attribute (`.key`) or a
+  string (`"key"`), the only ways the code reads a ConfigDict. (A static check: it catches names
+  read nowhere, not a name read only for another section.)
+  """
+  import re
+  library = "\n".join(p.read_text() for p in (REPO / "ssl_jax").rglob("*.py"))
+  unread = set()
+  for path in CONFIGS:
+    presets = ["smoke", "cifar10", "imagenet"] + ([] if path.stem == "supervised" else
+                                                   ["cifar10,cpu"])
+    for preset in presets:
+      for dotted in _leaf_keys(config_lib.load_config(f"{path}:{preset}")):
+        name = dotted.rsplit(".", 1)[-1]
+        if not re.search(rf"\.{re.escape(name)}\b|[\"']{re.escape(name)}[\"']", library):
+          unread.add(f"{path.stem}: {dotted}")
+  assert not unread, sorted(unread)
