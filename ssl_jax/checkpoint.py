@@ -56,14 +56,7 @@ class Checkpointer:
 
   def restore_params(self, step: int | None = None) -> Any:
     """Params only, as host numpy arrays, without knowing the optimizer or shardings."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint under {self.directory}.")
-    path = self.directory / str(step) / "state"
-    if not path.exists():
-      raise FileNotFoundError(f"Checkpoint step {step} not found under {self.directory}; "
-                              f"available: {list(self.manager.all_steps())}.")
-    return restore_to_host(path)["params"]
+    return restore_checkpoint(self.directory.parent, step)[1]["params"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -71,6 +64,48 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def checkpoint_steps(workdir: str | pathlib.Path | epath.Path) -> list[int]:
+  """Steps with a saved state under `workdir/checkpoints`, ascending; creates nothing."""
+  directory = epath.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit() and (p / "state").exists())
+
+
+def restore_checkpoint(workdir: str | pathlib.Path | epath.Path, step: int | None = None,
+                       target: Any = None) -> tuple[int, Any]:
+  """(step, saved train state) of `workdir/checkpoints` at `step`, default the latest.
+
+  The one reader of saved states outside the training loop (`ssl_jax.runs` and every tool go
+  through it). Without `target` the whole state comes back as host numpy arrays
+  (`restore_to_host`); with `target`, a tree of jax.ShapeDtypeStructs (with shardings) of some
+  of the saved top-level items, e.g. {'params': ..., 'method_state': ...}, only those items are
+  read, straight into the target's shardings (nothing else is materialised).
+
+  Raises:
+    FileNotFoundError: no checkpoint at all, or none at `step` (the message lists the saved ones).
+  """
+  directory = epath.Path(workdir) / "checkpoints"
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"No checkpoints under {directory}; train first with "
+                            f"python -m ssl_jax.train --config ... --workdir {workdir}")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"No checkpoint for step {step} under {directory}; "
+                            f"available steps: {steps}.")
+  path = directory / str(step) / "state"
+  if target is None:
+    return step, restore_to_host(path)
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  restored = ocp.PyTreeCheckpointer().restore(
+      path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                        partial_restore=True))
+  return step, restored
 
 
 def restore_to_host(path: str | pathlib.Path | epath.Path) -> Any:

@@ -32,16 +32,13 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from clu import metric_writers
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, parallel
+from ssl_jax import config_lib, parallel, runs
 from ssl_jax.data import pipeline, sources
 from ssl_jax.evaluators import runner
 from ssl_jax.methods import build_method
@@ -53,69 +50,6 @@ DEFAULT_PROTOCOLS = ("knn", "linear", "fewshot")
 
 class EvaluationError(ValueError):
   """The evaluation cannot run as asked (bad path, step, dataset or protocol)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunVariables:
-  """A run's params (and method state when read from a checkpoint) as host arrays."""
-  params: Any
-  method_state: Any | None
-  step: int | None
-  origin: str
-
-
-def checkpoint_steps(workdir: str | epath.Path) -> list[int]:
-  """Steps with a complete saved state under `workdir/checkpoints`, ascending."""
-  directory = epath.Path(workdir) / "checkpoints"
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir()
-                if p.name.isdigit() and (p / "state").exists())
-
-
-def load_run_variables(path: str | epath.Path, step: int | None = None) -> RunVariables:
-  """Params of a workdir (step `step`, else the latest checkpoint, else `export/`) or an export.
-
-  Raises:
-    EvaluationError: if `path` holds neither checkpoints nor exported params, or lacks `step`.
-  """
-  path = epath.Path(path)
-  if not path.exists():
-    raise EvaluationError(f"{path} does not exist; pass an ssl_jax workdir (with checkpoints/ "
-                          "or export/) or an export directory (with params/).")
-  steps = checkpoint_steps(path)
-  if step is not None and step not in steps:
-    raise EvaluationError(f"No checkpoint for step {step} under {path / 'checkpoints'}; "
-                          f"available steps: {steps or 'none'}.")
-  if steps:
-    step = steps[-1] if step is None else step
-    state = ckpt_lib.restore_to_host(path / "checkpoints" / str(step) / "state")
-    return RunVariables(params=state["params"], method_state=state.get("method_state"),
-                        step=step, origin=f"checkpoint step {step} of {path}")
-  for export_dir in (path / "export", path):
-    if (export_dir / "params").exists():
-      return RunVariables(params=jax.device_get(ckpt_lib.load_exported_params(export_dir)),
-                          method_state=None, step=None,
-                          origin=f"exported params in {export_dir}")
-  raise EvaluationError(f"{path} has no checkpoints/<step>/state and no exported params "
-                        "(export/params or params/); is it an ssl_jax workdir whose run saved "
-                        "a checkpoint?")
-
-
-def load_run_config(workdir: str | epath.Path,
-                    overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """The run's config.json with `key=value` overrides applied and validated."""
-  if not epath.Path(workdir).exists():
-    raise EvaluationError(f"{workdir} does not exist; pass the workdir of an ssl_jax run.")
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    raise EvaluationError(f"{workdir} has no config.json (ssl_jax.train writes it when a run "
-                          "starts); pass the run's workdir, not a subfolder of it.")
-  config = config_lib.from_json(path.read_text())
-  config.lock()
-  config_lib.apply_overrides(config, overrides)
-  config_lib.validate(config)
-  return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +139,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   if step is not None and init != "checkpoint":
     raise EvaluationError(f"--step selects a checkpoint; it has no meaning with --init={init}.")
   protocols = parse_protocols(protocols)
-  config = load_run_config(workdir, overrides)
+  config = runs.load_config(workdir, overrides)
   if config.method.get("init_from"):
     # Evaluated params come from this run (or a fresh init for the random baseline), never
     # from the run it was initialised from, which may be gone.
@@ -236,7 +170,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
                                            _sample_batch(config))
       origin = f"random init (seed {config.seed})"
     else:
-      run = load_run_variables(workdir, step)
+      run = runs.load_variables(workdir, step)
       params, state, origin = run.params, run.method_state, run.origin
       step_value = run.step
       label = str(run.step) if run.step is not None else "export"

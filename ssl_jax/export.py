@@ -15,7 +15,7 @@ import pathlib
 from absl import app, flags
 
 from ssl_jax import checkpoint as ckpt_lib
-
+from ssl_jax import runs
 
 
 def _define_flags() -> None:
@@ -27,20 +27,11 @@ def _define_flags() -> None:
 
 def export_checkpoint(workdir: str, step: int | None = None,
                       out: str | None = None) -> dict[str, str]:
-  checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
-  try:
-    resolved = checkpointer.latest_step() if step is None else step
-    if resolved is None:
-      raise FileNotFoundError(
-          f"No checkpoints under {checkpointer.directory}; train first with "
-          f"python -m ssl_jax.train --config ... --workdir {workdir}")
-    params = checkpointer.restore_params(resolved)
-  finally:
-    checkpointer.close()
+  run = runs.load_checkpoint(workdir, step)
   if out is None:
     out = str(pathlib.Path(workdir) / "export" / ("" if step is None else f"step_{step}"))
-  paths = ckpt_lib.export_params(params, out)
-  paths["step"] = str(resolved)
+  paths = ckpt_lib.export_params(run.params, out)
+  paths["step"] = str(run.step)
   return paths
 
 

@@ -2,7 +2,7 @@
 
 `metrics.jsonl` is a public contract: one JSON object per logged step, with `step` and names like
 `train/loss` and `eval/knn_top1` (a fraction in [0, 1]). The loop writes each step's scalars in
-one call, so one step is one line.
+one call, so one step is one line; `ssl_jax.runs.read_metrics` reads it back.
 """
 
 from __future__ import annotations
@@ -70,9 +70,3 @@ def make_writer(workdir: str) -> metric_writers.MetricWriter:
     return default
   return metric_writers.MultiWriter([default, JsonlWriter(pathlib.Path(workdir) / "metrics.jsonl")])
 
-
-def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-  """All records of `workdir/metrics.jsonl`, in order."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  with path.open() as f:
-    return [json.loads(line) for line in f if line.strip()]

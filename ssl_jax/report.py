@@ -14,19 +14,19 @@ top-1 of supervised runs: under "Fine-tune", or under "Linear (head)" for a froz
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 from typing import Any, Sequence
 
+import ml_collections
 import numpy as np
 
-from ssl_jax import metrics_io
+from ssl_jax import runs
 
 _BASELINES = {"random": "random init", "raw": "raw pixels"}
 
 
-def _backbone(config: dict[str, Any]) -> str:
+def _backbone(config: ml_collections.ConfigDict) -> str:
   model = config.get("model", {})
   name = model.get("name", "?")
   sizes = [model.get(key) or 0 for key in ("hidden_size", "depth", "num_heads")]
@@ -35,7 +35,7 @@ def _backbone(config: dict[str, Any]) -> str:
   return name
 
 
-def _method(config: dict[str, Any]) -> str:
+def _method(config: ml_collections.ConfigDict) -> str:
   method = config.get("method", {})
   name = method.get("name", "?")
   parts = [name]
@@ -71,16 +71,11 @@ def _last(records: Sequence[dict[str, Any]], key: str) -> Any:
 def read_workdir(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
   """The table rows of one workdir: the run itself, then its baselines."""
   workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{workdir} has no config.json; pass ssl_jax workdirs (the "
-                            "--workdir of ssl_jax.train runs).")
-  config = json.loads(config_path.read_text())
-  records = (metrics_io.read_metrics(workdir) if (workdir / "metrics.jsonl").exists() else [])
+  config = runs.load_config(workdir)
+  records = runs.read_metrics(workdir)
   run_metrics = {key: value for record in records for key, value in record.items()
                  if key.startswith("eval/")}
-  evaluations = [json.loads(path.read_text())
-                 for path in sorted((workdir / "eval").glob("*.json"))]
+  evaluations = runs.read_evaluations(workdir)
   checkpoint_evals = [e for e in evaluations if e.get("init") == "checkpoint"]
   # An evaluation of exported params (step None) is the end of the run: the latest.
   checkpoint_evals.sort(key=lambda e: float("inf") if e.get("step") is None else e["step"])

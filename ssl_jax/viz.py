@@ -107,24 +107,12 @@ def render_run_columns(workdir: str | pathlib.Path, images: list[Image.Image], *
   Returns {'label', 'step', 'original', 'masked', 'reconstruction', 'attention'}.
   """
   from ssl_jax import attention as attention_lib
-  from ssl_jax import checkpoint as ckpt_lib
-  from ssl_jax import config_lib
-  from ssl_jax.methods import build_method, perceptual_mae
+  from ssl_jax import runs
+  from ssl_jax.methods import build_method
 
-  workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{config_path} does not exist; --workdirs takes ssl_jax run "
-                            "directories (config.json + checkpoints/).")
-  config = config_lib.from_json(config_path.read_text())
-  checkpointer = ckpt_lib.Checkpointer(str(workdir))
-  try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{workdir} has no checkpoint to compare.")
-    params = checkpointer.restore_params(step)
-  finally:
-    checkpointer.close()
+  config = runs.load_config(workdir)
+  run = runs.load_checkpoint(workdir, step)
+  params, step = run.params, run.step
   method = build_method(config)
   canvas = _canvas(images, int(config.data.image_size))
   # Reconstruction pictures read params only (MAE and Perceptual MAE keep no state they use).
@@ -136,7 +124,7 @@ def render_run_columns(workdir: str | pathlib.Path, images: list[Image.Image], *
   batch = len(images)
   size = grid.shape[0] // batch
   columns = grid.reshape(batch, size, 4, size, 3).transpose(2, 0, 1, 3, 4)
-  encoder = perceptual_mae.load_encoder_checkpoint(str(workdir), step=step, params=params)
+  encoder = runs.load_encoder(workdir, params=params)
   inputs = method.eval_inputs(jnp.asarray(canvas))
   head_mean = jnp.mean(jax.jit(attention_lib.cls_attention, static_argnums=0)(
       encoder.encoder, encoder.params, inputs), axis=1)
@@ -271,37 +259,21 @@ def attention_main(args: argparse.Namespace) -> list[pathlib.Path]:
   W/attention/attention_<step>.png (all images) and attention_<step>_<i>.png (one each).
   """
   from ssl_jax import attention as attention_lib
-  from ssl_jax import checkpoint as ckpt_lib
-  from ssl_jax import config_lib
+  from ssl_jax import runs
   from ssl_jax.data import augment, sources
   from ssl_jax.methods import build_method
   from ssl_jax.models import registry
 
   workdir = pathlib.Path(args.workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{config_path} does not exist; --workdir takes an ssl_jax run "
-                            "directory (config.json + checkpoints/).")
+  config = runs.load_config(workdir)
   if args.num_images < 1:
     raise ValueError(f"--num_images must be >= 1; got {args.num_images}.")
-  config = config_lib.from_json(config_path.read_text())
   method = build_method(config)
-  checkpointer = ckpt_lib.Checkpointer(str(workdir))
-  try:
-    step = checkpointer.latest_step() if args.step is None else args.step
-    if step is None:
-      raise FileNotFoundError(f"{workdir} has no checkpoint to draw attention maps from.")
-    path = checkpointer.directory / str(step) / "state"
-    if not path.exists():
-      raise FileNotFoundError(f"No checkpoint step {step} under {checkpointer.directory}; "
-                              f"saved steps: {list(checkpointer.manager.all_steps())}.")
-    state = ckpt_lib.restore_to_host(path)
-  finally:
-    checkpointer.close()
-  params = state["params"]
+  run = runs.load_checkpoint(workdir, args.step)
+  params, step = run.params, run.step
   if hasattr(method, "attention_encoder"):
     # The method's attention lives in its state (DINO's teacher).
-    encoder, encoder_params = method.attention_encoder(params, state["method_state"])
+    encoder, encoder_params = method.attention_encoder(params, run.method_state)
   else:
     if "encoder" not in params:
       raise ValueError(f"The params of {workdir} have no 'encoder' entry (top level: "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, evaluate, report
+from ssl_jax import config_lib, evaluate, report, runs
 from ssl_jax.methods import build_method
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -95,10 +95,10 @@ def test_bad_paths_and_steps_are_clear_errors(workdir, tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "config.json").write_text((workdir / "config.json").read_text())
-  with pytest.raises(evaluate.EvaluationError, match="no checkpoints/<step>/state"):
-    evaluate.load_run_variables(empty)
-  with pytest.raises(evaluate.EvaluationError, match=rf"step 99 .* available steps: \[{STEP}\]"):
-    evaluate.load_run_variables(workdir, step=99)
+  with pytest.raises(runs.RunError, match="no checkpoints/<step>/state"):
+    runs.load_variables(empty)
+  with pytest.raises(FileNotFoundError, match=rf"step 99 .* available steps: \[{STEP}\]"):
+    runs.load_variables(workdir, step=99)
   with pytest.raises(evaluate.EvaluationError, match="Unknown or no protocols"):
     evaluate.evaluate_workdir(str(workdir), protocols="knn,svm")
   with pytest.raises(SystemExit, match="Unknown config key"):

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics_io, optim, parallel, train
+from ssl_jax import config_lib, optim, parallel, runs, train
 from ssl_jax.data import augment, sources
 from ssl_jax.losses import contrastive, distillation, queue as queue_lib
 from ssl_jax.methods import build_method, ema, views
@@ -470,7 +470,7 @@ def test_smoke_run_learns_without_collapse(name, tmp_path):
       "total_steps=30", "log_every=10", "export_at_end=False", "visualize=False",
       "checkpoint_every=0"])
   result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-  records = metrics_io.read_metrics(tmp_path)
+  records = runs.read_metrics(tmp_path)
   losses = [r["train/loss"] for r in records if "train/loss" in r]
   # From the second logging window on: the first spans the lr warm-up and, for MoCo v2, the
   # queue still holding its random initial keys, whose loss is lower than real negatives'.

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from ssl_jax import checkpoint, config_lib, metrics_io, optim, parallel, train, viz
+from ssl_jax import checkpoint, config_lib, optim, parallel, runs, train, viz
 from ssl_jax.data import sources
 from ssl_jax.losses import distillation
 from ssl_jax.methods import build_method, dino, swav
@@ -400,7 +400,7 @@ def _feature_std(method, params, state, images):
 def _smoke(name, tmp_path):
   config = config_lib.load_config(f"{REPO}/configs/{name}.py:smoke")
   train.train_and_evaluate(config, str(tmp_path))
-  records = metrics_io.read_metrics(tmp_path)
+  records = runs.read_metrics(tmp_path)
   losses = np.array([r["train/loss"] for r in records if "train/loss" in r])
   knn = [r["eval/knn_top1"] for r in records if "eval/knn_top1" in r]
   # Collapse guard on what the evaluators see: L2-normalised features of test images, after

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics_io, optim, parallel, train, viz
+from ssl_jax import config_lib, optim, parallel, runs, subtrees, train, viz
 from ssl_jax.losses import perceptual as P
 from ssl_jax.methods import build_method, mae, perceptual_mae
 
@@ -185,7 +185,7 @@ def test_optimizers_update_ratio_copy_refresh_and_checkpoint_resume(tmp_path):
 def test_smoke_run_learns_and_keeps_the_discriminator_in_the_game(tmp_path):
   # One device: the same program without eight-way partitioning overhead on a 2-core CPU.
   train.train_and_evaluate(_config(), str(tmp_path), devices=jax.devices()[:1])
-  records = metrics_io.read_metrics(tmp_path)
+  records = runs.read_metrics(tmp_path)
   logged = [r for r in records if "train/loss" in r]
   assert len(logged) == 6
   for r in records:
@@ -254,17 +254,19 @@ def test_frozen_feature_extractor_from_a_checkpoint(mae_run):
   np.testing.assert_allclose(float(loss), float(loss_without + extra), rtol=1e-5)
 
 
-def test_locate_params_finds_nested_encoders_and_explains_misses(mae_run):
+def test_backbone_search_finds_nested_encoders_and_explains_misses(mae_run):
   _, mae_params = mae_run
   nested = {"generator": mae_params, "discriminator": {"w": np.zeros((3, 3))}}
-  found, path = perceptual_mae.locate_params(nested, mae_params["encoder"])
-  assert path == "generator/encoder" and found is mae_params["encoder"]
-  assert perceptual_mae.locate_params(nested, mae_params["encoder"], "generator/encoder")[1] == (
-      "generator/encoder")
-  with pytest.raises(ValueError, match="no key 'backbone'"):
-    perceptual_mae.locate_params(nested, mae_params["encoder"], "generator/backbone")
-  with pytest.raises(ValueError, match="no sub-tree"):
-    perceptual_mae.locate_params({"decoder": mae_params["decoder"]}, mae_params["encoder"])
+  path, found = subtrees.find_backbone_subtree(nested, mae_params["encoder"])
+  assert path == ("generator", "encoder") and found is mae_params["encoder"]
+  key = "method.feature_extractor_params_path"
+  assert subtrees.find_backbone_subtree(nested, mae_params["encoder"], subtree="generator/encoder",
+                                        subtree_key=key)[0] == ("generator", "encoder")
+  with pytest.raises(ValueError, match=f"{key}='generator/backbone' is not a subtree"):
+    subtrees.find_backbone_subtree(nested, mae_params["encoder"], subtree="generator/backbone",
+                                   subtree_key=key)
+  with pytest.raises(ValueError, match="does not match it"):
+    subtrees.find_backbone_subtree({"decoder": mae_params["decoder"]}, mae_params["encoder"])
 
 
 @pytest.mark.parametrize("override,message", [

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, evaluate, metrics_io, train
+from ssl_jax import config_lib, runs, subtrees, train
 from ssl_jax.data import sources, subsets
-from ssl_jax.methods import build_method, supervised
+from ssl_jax.methods import build_method
 from ssl_jax.models import vit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def mae_params(**overrides):
 
 def test_smoke_run_learns_the_labels(tmp_path):
   train.train_and_evaluate(load("configs/supervised.py:smoke"), str(tmp_path))
-  records = metrics_io.read_metrics(tmp_path)
+  records = runs.read_metrics(tmp_path)
   train_records = [r for r in records if "train/cross_entropy" in r]
   assert train_records[-1]["train/cross_entropy"] < 0.9 * train_records[0]["train/cross_entropy"]
   assert train_records[-1]["train/accuracy"] > 0.25  # 10 classes: chance is 0.1
@@ -95,20 +95,20 @@ def test_backbone_search_prefers_named_non_ema_subtrees_and_explains_mismatches(
   expected = {"a": {"kernel": np.zeros((2, 3))}, "b": np.zeros(3)}
   tree = {"momentum_encoder": expected, "encoder": expected, "other": expected,
           "head": {"w": np.zeros(4)}}
-  path, _ = supervised.find_backbone_subtree(tree, expected)
+  path, _ = subtrees.find_backbone_subtree(tree, expected)
   assert path == ("encoder",)
-  path, _ = supervised.find_backbone_subtree(tree, expected, subtree="other")
+  path, _ = subtrees.find_backbone_subtree(tree, expected, subtree="other")
   assert path == ("other",)
   with pytest.raises(ValueError, match="init_subtree='missing' is not a subtree"):
-    supervised.find_backbone_subtree(tree, expected, subtree="missing")
+    subtrees.find_backbone_subtree(tree, expected, subtree="missing")
   wrong = {"encoder": {"a": {"kernel": np.zeros((2, 4))}, "c": np.zeros(1)}}
   with pytest.raises(ValueError) as error:
-    supervised.find_backbone_subtree(wrong, expected)
+    subtrees.find_backbone_subtree(wrong, expected)
   message = str(error.value)
   assert "'encoder'" in message and "a/kernel: (2, 4) vs (2, 3)" in message
   assert "missing in the checkpoint: b (3,)" in message and "not in this backbone: c" in message
   with pytest.raises(ValueError, match="No subtree"):
-    supervised.find_backbone_subtree({"x": {"y": np.zeros(1)}}, expected)
+    subtrees.find_backbone_subtree({"x": {"y": np.zeros(1)}}, expected)
 
 
 def test_init_from_mismatch_and_bad_path_are_clear_errors(tmp_path):
@@ -123,7 +123,7 @@ def test_init_from_mismatch_and_bad_path_are_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="missing in the checkpoint: pos_embed"):
     init(build_method(config))
   config = load("configs/supervised.py:smoke", **{"method.init_from": tmp_path / "nowhere"})
-  with pytest.raises(evaluate.EvaluationError, match="does not exist"):
+  with pytest.raises(runs.RunError, match="does not exist"):
     init(build_method(config))
 
 

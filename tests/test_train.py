@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics_io, parallel, train
+from ssl_jax import config_lib, parallel, runs, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,13 +26,13 @@ def smoke_config(**overrides):
 
 def losses_by_step(workdir):
   """Last logged train/loss of every step (a resumed run re-logs the steps it repeats)."""
-  return {r["step"]: r["train/loss"] for r in metrics_io.read_metrics(workdir)
+  return {r["step"]: r["train/loss"] for r in runs.read_metrics(workdir)
           if "train/loss" in r}
 
 
 def test_mae_smoke_learns_and_writes_the_public_outputs(tmp_path, capsys):
   result = train.train_and_evaluate(smoke_config(), str(tmp_path))
-  records = metrics_io.read_metrics(tmp_path)
+  records = runs.read_metrics(tmp_path)
   losses = [r["train/loss"] for r in records if "train/loss" in r]
   assert losses[-1] < 0.8 * losses[0], losses
   knn = [r["eval/knn_top1"] for r in records if "eval/knn_top1" in r]
@@ -61,7 +61,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
   overrides["export_at_end"] = False
   overrides["eval.online_probe"] = True  # its head and optimizer state must resume too
   train.train_and_evaluate(smoke_config(**overrides), str(tmp_path / "straight"))
-  assert "train/online_probe_acc" in metrics_io.read_metrics(tmp_path / "straight")[-1]
+  assert "train/online_probe_acc" in runs.read_metrics(tmp_path / "straight")[-1]
 
   real = parallel.host_to_global
   calls = {"n": 0}

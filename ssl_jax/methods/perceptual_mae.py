@@ -28,22 +28,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax import traverse_util
 
-from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, image_ops, optim
-from ssl_jax.data import augment
+from ssl_jax import image_ops, optim, runs
 from ssl_jax.losses import perceptual, reconstruction
 from ssl_jax.methods import base, mae
-from ssl_jax.models import discriminators, registry, vit
+from ssl_jax.models import discriminators, vit
 
 DISCRIMINATOR_TYPES = ("msg", "dcgan")
 DISCRIMINATOR_INPUTS = ("decoder_output", "composite")
@@ -117,120 +113,6 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.feature_extractor_perceptual_weight = 0.05
   m.feature_extractor_style_weight = 40.0
   return m
-
-
-# ----------------------------------------------------------------------------------------------
-# Encoders inside checkpoints (the frozen feature extractor, the comparison tool).
-# ----------------------------------------------------------------------------------------------
-
-
-def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
-  return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(tree).items()}
-
-
-def locate_params(params: Mapping[str, Any], expected: Mapping[str, Any],
-                  path: str = "") -> tuple[Any, str]:
-  """The sub-tree of `params` laid out exactly like `expected` (same names and shapes).
-
-  Methods nest their encoder differently (MAE: 'encoder'; Perceptual MAE:
-  'generator/encoder'; others: 'backbone', 'student/backbone' ...). With `path` ('a/b') that
-  sub-tree is taken and checked; otherwise the first match in depth-first order is returned.
-  Returns (sub-tree, its path).
-  """
-  want = _shapes(expected)
-  if path:
-    node = params
-    for key in path.split("/"):
-      if not isinstance(node, Mapping) or key not in node:
-        available = sorted(node) if isinstance(node, Mapping) else []
-        raise ValueError(f"params have no '{path}' (no key {key!r} here; keys: {available}).")
-      node = node[key]
-    if not isinstance(node, Mapping) or _shapes(node) != want:
-      raise ValueError(f"params at '{path}' are not laid out like the encoder the checkpoint's "
-                       "config.json describes; check the path and model config.")
-    return node, path
-
-  def search(node, prefix):
-    if not isinstance(node, Mapping):
-      return None
-    if _shapes(node) == want:
-      return node, "/".join(prefix)
-    for key in node:
-      found = search(node[key], prefix + (key,))
-      if found is not None:
-        return found
-    return None
-
-  found = search(params, ())
-  if found is None:
-    raise ValueError(
-        "no sub-tree of the checkpoint's params matches the encoder of its config.json "
-        f"(top-level keys: {sorted(params)}); set the params path explicitly.")
-  return found
-
-
-def _read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: point at the workdir of an ssl_jax run "
-                            "(it holds config.json and checkpoints/).")
-  return config_lib.from_json(path.read_text())
-
-
-def _restore_params(workdir: str, step: int | None) -> Any:
-  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
-    raise FileNotFoundError(f"{workdir} has no checkpoints/ directory; train there first.")
-  checkpointer = ckpt_lib.Checkpointer(workdir)
-  try:
-    return checkpointer.restore_params(step)
-  finally:
-    checkpointer.close()
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderCheckpoint:
-  """A ViT encoder of a finished ssl_jax run: module, host params, and its input recipe."""
-  encoder: vit.VisionTransformer
-  params: Any
-  params_path: str
-  image_size: int
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-
-  def preprocess(self, images_unit: jax.Array) -> jax.Array:
-    """[B, H, W, 3] in [0, 1] -> the encoder's normalised input at its own resolution."""
-    size = self.image_size
-    if images_unit.shape[1:3] != (size, size):
-      images_unit = jax.image.resize(images_unit, (images_unit.shape[0], size, size, 3),
-                                     method="linear", antialias=True)
-    return augment.normalize(images_unit, self.mean, self.std)
-
-
-def load_encoder_checkpoint(workdir: str, *, step: int | None = None, params_path: str = "",
-                            params: Any = None) -> EncoderCheckpoint:
-  """Restores the ViT encoder of the run in `workdir` (config.json + checkpoints/).
-
-  `params`: the run's already restored params (skips reading the checkpoint again).
-  """
-  run_config = _read_run_config(workdir)
-  model_config = run_config.model
-  if not str(model_config.name).startswith("vit_"):
-    raise ValueError(f"the run in {workdir} trained model.name={model_config.name!r}; a "
-                     "feature extractor / attention comparison needs a ViT checkpoint.")
-  method_config = run_config.get("method", ml_collections.ConfigDict())
-  view = method_config.get("view", None)
-  image_size = int(view.size if view is not None else run_config.data.image_size)
-  defaults = augment.view_config()
-  mean = tuple(view.mean) if view is not None else tuple(defaults.mean)
-  std = tuple(view.std) if view is not None else tuple(defaults.std)
-  encoder = registry.build_encoder(model_config)
-  expected = jax.eval_shape(
-      lambda: encoder.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3))))
-  if params is None:
-    params = _restore_params(workdir, step)
-  encoder_params, found_path = locate_params(params, expected["params"], params_path)
-  return EncoderCheckpoint(encoder=encoder, params=encoder_params, params_path=found_path,
-                           image_size=image_size, mean=mean, std=std)
 
 
 def vit_block_feature_maps(encoder: vit.VisionTransformer, params: Any, inputs: jax.Array,
@@ -333,14 +215,15 @@ class PerceptualMAE(mae.MAE):
     return self.discriminator.apply({"params": params}, images)
 
   @functools.cached_property
-  def feature_extractor(self) -> EncoderCheckpoint | None:
+  def feature_extractor(self) -> runs.RunEncoder | None:
     """The frozen encoder named by `method.feature_extractor_workdir`, restored once."""
     m = self.config.method
     if not m.feature_extractor_workdir:
       return None
     step = None if int(m.feature_extractor_step) < 0 else int(m.feature_extractor_step)
-    return load_encoder_checkpoint(m.feature_extractor_workdir, step=step,
-                                   params_path=m.feature_extractor_params_path)
+    return runs.load_encoder(m.feature_extractor_workdir, step=step,
+                             params_path=m.feature_extractor_params_path,
+                             params_path_key="method.feature_extractor_params_path")
 
   @property
   def feature_extractor_blocks(self) -> tuple[int, ...]:

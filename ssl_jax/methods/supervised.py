@@ -21,14 +21,13 @@ BatchNorm) under {'batch_stats': {'encoder': ..., 'head_norm': ...}}.
 `init_from` reads the params of any ssl_jax run (a workdir's latest checkpoint, or exported
 params) and takes the subtree whose names and shapes equal this backbone's: `encoder` for MAE, a
 student/online backbone for the joint-embedding methods (`method.init_subtree` names one
-explicitly). A mismatch is an error that lists the differing paths.
+explicitly; `ssl_jax.subtrees`). A mismatch is an error that lists the differing paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -38,18 +37,13 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import traverse_util
 
-from ssl_jax import lr_decay, optim
+from ssl_jax import lr_decay, optim, runs, subtrees
 from ssl_jax.data import augment, mixing, randaugment
 from ssl_jax.methods import base
 from ssl_jax.models import registry, vit
 
 FEATURES = ("pooled", "last_blocks_cls", "global_pool")
-# Subtree names that hold the backbone to fine-tune, in the methods' own vocabulary; names of
-# EMA copies rank last (teachers live in method state, but a run may keep one in params).
-_BACKBONE_NAMES = ("encoder", "backbone", "student", "online")
-_EMA_NAMES = ("teacher", "momentum", "target", "ema")
 
 
 def default_method_config() -> ml_collections.ConfigDict:
@@ -101,107 +95,6 @@ class ClassifierHead(nn.Module):
     # timm's trunc_normal_(std) truncates at +-2 absolute, which never binds at these stds.
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(self.init_std),
                     bias_init=nn.initializers.zeros, name="head")(x)
-
-
-# Loading a backbone out of another run's params.
-
-def _flat_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
-  return {path: tuple(np.shape(leaf))
-          for path, leaf in traverse_util.flatten_dict(_as_dict(tree)).items()}
-
-
-def _as_dict(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {str(k): _as_dict(v) for k, v in tree.items()}
-  return tree
-
-
-def _subtrees(tree: Any, prefix: tuple[str, ...] = ()):
-  """(prefix, node) for every dict node of a nested dict, the root included."""
-  if isinstance(tree, Mapping):
-    yield prefix, tree
-    for key, value in tree.items():
-      yield from _subtrees(value, prefix + (str(key),))
-
-
-def _get_path(tree: Any, path: tuple[str, ...]) -> Any:
-  for key in path:
-    if not isinstance(tree, Mapping) or key not in tree:
-      return None
-    tree = tree[key]
-  return tree
-
-
-def _rank(prefix: tuple[str, ...]) -> tuple:
-  is_ema = any(any(name in part.lower() for name in _EMA_NAMES) for part in prefix)
-  is_backbone = any(part in _BACKBONE_NAMES for part in prefix)
-  return (is_ema, not is_backbone, len(prefix), prefix)
-
-
-def describe_mismatch(found: Mapping, expected: Mapping, limit: int = 8) -> str:
-  """Missing, unexpected and differently shaped paths between two shape dicts."""
-  missing = sorted(set(expected) - set(found))
-  unexpected = sorted(set(found) - set(expected))
-  reshaped = sorted(p for p in set(found) & set(expected) if found[p] != expected[p])
-  lines = []
-  for title, paths, show in (
-      ("missing in the checkpoint", missing, lambda p: f"{'/'.join(p)} {expected[p]}"),
-      ("not in this backbone", unexpected, lambda p: f"{'/'.join(p)} {found[p]}"),
-      ("shape differs (checkpoint vs backbone)", reshaped,
-       lambda p: f"{'/'.join(p)}: {found[p]} vs {expected[p]}")):
-    if paths:
-      shown = ", ".join(show(p) for p in paths[:limit])
-      more = f" (+{len(paths) - limit} more)" if len(paths) > limit else ""
-      lines.append(f"  {title}: {shown}{more}")
-  return "\n".join(lines)
-
-
-def find_backbone_subtree(tree: Mapping, expected: Any, *, subtree: str = "",
-                          what: str = "params") -> tuple[tuple[str, ...], Any]:
-  """The (path, subtree) of `tree` whose leaf names and shapes equal `expected`'s.
-
-  Args:
-    tree: nested dict of arrays (another run's params or method state).
-    expected: the backbone's variables (arrays or ShapeDtypeStructs).
-    subtree: '/'-path to use instead of searching.
-    what: 'params' or 'batch_stats', for the messages.
-
-  Raises:
-    ValueError: naming the mismatched paths of the closest subtree, and how to fix it.
-  """
-  expected_shapes = _flat_shapes(expected)
-  if subtree:
-    path = tuple(p for p in subtree.split("/") if p)
-    node = _get_path(tree, path)
-    if not isinstance(node, Mapping):
-      raise ValueError(f"method.init_subtree={subtree!r} is not a subtree of the checkpoint's "
-                       f"{what}; its top-level keys are {sorted(map(str, tree))}.")
-    candidates = [(path, node)]
-  else:
-    candidates = list(_subtrees(tree))
-  exact = [(p, n) for p, n in candidates if _flat_shapes(n) == expected_shapes]
-  if exact:
-    exact.sort(key=lambda item: _rank(item[0]))
-    if len(exact) > 1:
-      logging.warning("init_from: %d subtrees of the checkpoint's %s match the backbone (%s); "
-                      "using %s. Set method.init_subtree to choose another.", len(exact), what,
-                      ", ".join("/".join(p) or "<root>" for p, _ in exact),
-                      "/".join(exact[0][0]) or "<root>")
-    return exact[0]
-  # No exact match: explain the difference from the subtree sharing the most leaf names.
-  def overlap(item):
-    return len(set(_flat_shapes(item[1])) & set(expected_shapes)), -len(item[0])
-  best_path, best = max(candidates, key=overlap)
-  if overlap((best_path, best))[0] == 0:
-    raise ValueError(
-        f"No subtree of the checkpoint's {what} has this backbone's parameter names (e.g. "
-        f"{'/'.join(next(iter(expected_shapes)))}); its top-level keys are "
-        f"{sorted(map(str, tree))}. Check model.name, or set method.init_subtree.")
-  raise ValueError(
-      f"The checkpoint's {what} subtree {'/'.join(best_path) or '<root>'!r} (the closest to "
-      f"this backbone) does not match it:\n{describe_mismatch(_flat_shapes(best), expected_shapes)}"
-      "\nSet model.* (name, hidden_size, depth, num_heads, pos_embed) to the pretrained run's "
-      "values (its config.json), or method.init_subtree to the right subtree.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,20 +168,19 @@ class Supervised(base.Method):
     m = self.config.method
     if not m.init_from:
       return None
-    from ssl_jax import evaluate  # The run loader lives with the CLI that shares it.
-    run = evaluate.load_run_variables(m.init_from)
+    run = runs.load_variables(m.init_from)
     expected = jax.eval_shape(
         lambda: self.encoder.init(jax.random.PRNGKey(0), self._sample_images()))
-    path, params = find_backbone_subtree(run.params, expected["params"],
-                                         subtree=m.init_subtree)
+    path, params = subtrees.find_backbone_subtree(run.params, expected["params"],
+                                                  subtree=m.init_subtree)
     batch_stats = None
     if "batch_stats" in expected:
       if run.method_state is None:
         raise ValueError(f"{self.config.model.name} needs BatchNorm statistics, which exported "
                          f"params do not carry; point method.init_from at the workdir of the run "
                          f"(its checkpoints/), not at {run.origin}.")
-      _, batch_stats = find_backbone_subtree(run.method_state, expected["batch_stats"],
-                                             what="method state (BatchNorm statistics)")
+      _, batch_stats = subtrees.find_backbone_subtree(
+          run.method_state, expected["batch_stats"], what="method state (BatchNorm statistics)")
       batch_stats = _cast_like(batch_stats, expected["batch_stats"])
     logging.info("init_from: backbone %s of %s", "/".join(path) or "<root>", run.origin)
     return Pretrained(params=_cast_like(params, expected["params"]), batch_stats=batch_stats,
