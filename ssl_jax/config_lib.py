@@ -18,6 +18,8 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from ssl_jax.data import streams
+
 REQUIRED_TOP_LEVEL = (
     "seed", "batch_size", "total_steps", "epochs", "log_every", "eval_every",
     "checkpoint_every", "mesh", "data", "model", "method", "optim", "eval")
@@ -135,6 +137,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config[key] < 0:
       raise ConfigError(f"{key} must be >= 0 (0 disables it), got {config[key]}.")
   _check_known_keys(config)
+  try:
+    streams.parse_streams(config)
+  except streams.StreamConfigError as e:
+    raise ConfigError(str(e)) from None
   accum = config.optim.grad_accum_steps
   if accum < 1 or config.batch_size % accum:
     raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1 and divide "
@@ -144,12 +150,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _check_known_keys(config: ml_collections.ConfigDict) -> None:
   """Keys a config file added outside `method` must exist in base_config (typos in files).
 
-  `method.*` belongs to each method and is checked by locking at override time instead.
+  `method.*` belongs to each method and is checked by locking at override time instead;
+  `data.streams.*` is named by each config and checked by `streams.parse_streams`.
   """
   reference = base_config()
   known = set(_all_keys(reference))
   for key in _all_keys(config):
-    if key.split(".", 1)[0] == "method" or key in known:
+    if key.split(".", 1)[0] == "method" or key.startswith("data.streams.") or key in known:
       continue
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     if parent and parent not in known:
@@ -200,6 +207,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 32        # Host canvas: every image is decoded to this square size.
   c.data.worker_count = 0       # grain worker processes (0: in the main process).
   c.data.prefetch = 2           # Batches prefetched to the device ahead of the step.
+  # Named inputs of one step ({name: {'image', 'label'}}), e.g. labeled + unlabeled; empty: the
+  # single batch {'image', 'label'}. Keys and kinds: ssl_jax/data/streams.py.
+  c.data.streams = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "vit_ti4"

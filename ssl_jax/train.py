@@ -3,9 +3,9 @@ r"""The one training loop, for every method.
     python -m ssl_jax.train --config configs/mae.py:smoke --workdir /tmp/mae \
         [--config.optim.lr=1e-3 ...]
 
-config -> source (this process's shard) -> grain batches -> global sharded jax.Array
--> jitted train_step [views on device -> method.loss -> grads -> optax -> method.update_state]
--> metrics (clu: TensorBoard, stdout, metrics.jsonl) / evaluators / orbax checkpoints.
+config -> data streams (this process's shard: `ssl_jax.data.streams`) -> grain batches -> one
+global sharded pytree -> jitted train step (`ssl_jax.trainer`) [views on device -> method.loss
+-> grads -> optax -> method.update_state] -> metrics (clu: TensorBoard, stdout, metrics.jsonl) / evaluators / orbax checkpoints.
 
 A run resumes from the latest checkpoint in its workdir, data iterator included, so an
 interrupted run sees exactly the batches an uninterrupted one would. SIGTERM (TPU preemption)
@@ -23,19 +23,16 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import app, flags, logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics_io, optim, parallel, viz
-from ssl_jax.data import pipeline, sources, subsets
+from ssl_jax import config_lib, metrics_io, parallel, trainer, viz
+from ssl_jax.data import streams
 from ssl_jax.evaluators import runner
-from ssl_jax.methods import build_method, online_probe
 
 
 
@@ -75,81 +72,11 @@ class _Preemption:
     return bool(np.any(flags_all))
 
 
-def resolve_total_steps(config, train_size: int) -> tuple[int, int]:
+def resolve_total_steps(config, steps_per_epoch: int) -> tuple[int, int]:
   """(total_steps, steps_per_epoch) from `total_steps` or `epochs`."""
-  steps_per_epoch = max(train_size // config.batch_size, 1)
   if config.total_steps > 0:
     return int(config.total_steps), steps_per_epoch
   return max(int(round(config.epochs * steps_per_epoch)), 1), steps_per_epoch
-
-
-def make_train_step(method, tx, *, grad_accum_steps: int, base_rng: jax.Array):
-  """The pure step: (train_state, batch) -> (train_state, metrics)."""
-
-  def loss_and_grads(params, method_state, batch, rng, step):
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    (loss, (metrics, method_state)), grads = grad_fn(params, method_state, batch, rng, step)
-    return loss, metrics, method_state, grads
-
-  def train_step(train_state, batch):
-    step = train_state["step"]
-    rng = jax.random.fold_in(base_rng, step)
-    params = train_state["params"]
-    if grad_accum_steps == 1:
-      loss, metrics, method_state, grads = loss_and_grads(
-          params, train_state["method_state"], batch, rng, step)
-    else:
-      # Microbatch i takes rows i, i+k, i+2k...: each device keeps its own rows, no reshuffle.
-      micro = jax.tree.map(
-          lambda x: jnp.swapaxes(x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps,
-                                           *x.shape[1:]), 0, 1), batch)
-
-      def body(carry, inputs):
-        method_state, grad_sum, loss_sum = carry
-        index, microbatch = inputs
-        loss, metrics, method_state, grads = loss_and_grads(
-            params, method_state, microbatch, jax.random.fold_in(rng, index), step)
-        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-        return (method_state, grad_sum, loss_sum + loss), metrics
-
-      zeros = jax.tree.map(jnp.zeros_like, params)
-      (method_state, grad_sum, loss_sum), metrics = jax.lax.scan(
-          body, (train_state["method_state"], zeros, jnp.zeros((), jnp.float32)),
-          (jnp.arange(grad_accum_steps), micro))
-      grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
-      loss = loss_sum / grad_accum_steps
-      metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-    updates, opt_state = tx.update(grads, train_state["opt_state"], params)
-    params = optax.apply_updates(params, updates)
-    method_state = method.update_state(params, method_state, step)
-    metrics = {f"train/{name}": value for name, value in metrics.items()}
-    metrics["train/loss"] = loss
-    metrics["train/grad_norm"] = optax.global_norm(grads)
-    new_state = {"step": step + 1, "params": params, "opt_state": opt_state,
-                 "method_state": method_state}
-    return new_state, metrics
-
-  return train_step
-
-
-def create_train_state(method, tx, rng, sample_batch, mesh):
-  """Initialises params/opt state directly in their shardings; returns (state, shardings)."""
-
-  def init_fn(rng, batch):
-    params, method_state = method.init(rng, batch)
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": tx.init(params), "method_state": method_state}
-
-  abstract = jax.eval_shape(init_fn, rng, sample_batch)
-  shardings = parallel.state_shardings(abstract, mesh)
-  state = jax.jit(init_fn, out_shardings=shardings)(rng, sample_batch)
-  return state, shardings
-
-
-def _sample_batch(source, batch_size: int) -> dict[str, np.ndarray]:
-  record = source[0]
-  return {"image": np.zeros((batch_size, *record["image"].shape), np.uint8),
-          "label": np.zeros((batch_size,), np.int32)}
 
 
 def _check_finite(step: int, loss: float, checkpointer) -> None:
@@ -172,49 +99,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     (workdir_path / "config.json").write_text(config_lib.to_json(config))
 
-  mesh = parallel.make_mesh(config.mesh, devices)
-  parallel.check_batch_size(config.batch_size, mesh)
-  train_source = sources.get_source(config.data.source, config.data.train_split,
-                                    image_size=config.data.image_size,
-                                    data_dir=config.data.data_dir or None)
-  train_source = subsets.apply_subset(train_source, config.data.train_subset, config.seed)
-  total_steps, steps_per_epoch = resolve_total_steps(config, len(train_source))
-  method = build_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-  if config.eval.online_probe:
-    method = online_probe.with_online_probe(method, train_source.num_classes)
-  loader = pipeline.make_train_loader(train_source, global_batch_size=config.batch_size,
-                                      seed=config.seed, worker_count=config.data.worker_count)
-  data_iter = iter(loader)
+  data = streams.make_train_data(config)
+  data_iter = data.iterator
+  total_steps, steps_per_epoch = resolve_total_steps(config, data.steps_per_epoch)
+  setup = trainer.build(config, devices=devices, total_steps=total_steps,
+                        steps_per_epoch=steps_per_epoch, num_classes=data.num_classes)
+  mesh, method, schedule, train_step = setup.mesh, setup.method, setup.schedule, setup.step
   protocols = runner.parse_protocols(config.eval.protocols)
   evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
-
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size,
-                                 total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  sample = parallel.host_to_global(
-      _sample_batch(train_source, config.batch_size // jax.process_count()), mesh)
-  params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], init_rng, sample)
-  tx = method.make_optimizer(schedule, params_shape)
-  train_state, shardings = create_train_state(method, tx, init_rng, sample, mesh)
+  train_state = setup.init_state()
 
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   start_step = checkpointer.latest_step()
   if start_step is not None:
     logging.info("Resuming from checkpoint step %d in %s", start_step, checkpointer.directory)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            train_state, shardings)
+                            train_state, setup.shardings)
     train_state = checkpointer.restore(start_step, abstract, data_iter)
   else:
     start_step = 0
     parameter_overview.log_parameter_overview(train_state["params"])
-
-  train_step = jax.jit(
-      make_train_step(method, tx, grad_accum_steps=config.optim.grad_accum_steps,
-                      base_rng=step_rng),
-      in_shardings=(shardings, parallel.batch_sharding(mesh)),
-      out_shardings=(shardings, parallel.replicated(mesh)),
-      donate_argnums=(0,))
 
   writer = metrics_io.make_writer(workdir)
   preemption = _Preemption()
@@ -260,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         scalars["train/loss"] = float(np.mean(losses_since_log))
         scalars["train/lr"] = float(schedule(step - 1))
         scalars["train/steps_per_sec"] = steps_per_sec
-        scalars["train/images_per_sec"] = steps_per_sec * config.batch_size
+        scalars["train/images_per_sec"] = steps_per_sec * data.images_per_step
         scalars["train/epoch"] = step / steps_per_epoch
         eta = (total_steps - step) / max(steps_per_sec, 1e-9)
         logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f img/s  ETA %s", step,

@@ -1,5 +1,6 @@
 """Host pipeline: sharding, shuffling, exact resumption and padded eval passes."""
 
+import grain.python as grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -75,14 +76,14 @@ def test_orbax_checkpoint_round_trip_of_the_iterator(tmp_path):
   iterator = iter(_loader())
   _labels(iterator, 7)
   manager = ocp.CheckpointManager(tmp_path / "checkpoints")
-  manager.save(7, args=ocp.args.Composite(data=pipeline.checkpoint_save_args(iterator)))
+  manager.save(7, args=ocp.args.Composite(data=grain.PyGrainCheckpointSave(iterator)))
   # The loop keeps drawing batches while an async save is in flight; the saved state must be
   # the one at save time.
   expected = _labels(iterator, 5)
   manager.wait_until_finished()
   resumed = iter(_loader())
   restored = manager.restore(
-      7, args=ocp.args.Composite(data=pipeline.checkpoint_restore_args(resumed)))
+      7, args=ocp.args.Composite(data=grain.PyGrainCheckpointRestore(resumed)))
   assert restored.data is resumed
   assert _labels(resumed, 5) == expected
   manager.close()

@@ -5,25 +5,13 @@ Both read a source from `ssl_jax.data.sources` and yield host-local numpy batche
 `b = global_batch_size // process_count`; the training loop turns them into one global
 `jax.Array` (`make_array_from_process_local_data`). Augmentation happens later, on the device.
 
-Checkpointing the training iterator with orbax (orbax-checkpoint 0.12.8, tested in
-tests/test_pipeline.py): grain registers `PyGrainCheckpointSave` / `PyGrainCheckpointRestore`
-as orbax args, so the iterator is one more item of a `Composite`::
-
-  train_iter = iter(make_train_loader(source, global_batch_size=256, seed=0))
-  manager = ocp.CheckpointManager(workdir / "checkpoints")
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(train_state),
-      data=checkpoint_save_args(train_iter)))
-  ...
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_train_state),
-      data=checkpoint_restore_args(train_iter)))
-  # `train_iter` was reset in place (restored.data is the same object): its next batch is the
-  # one the interrupted run would have drawn after `step`.
-
-The iterator state is read when `save` is called (before an async save returns), so advancing
-the iterator while the save is in flight is safe. Each process writes its own
-`process_<i>-of-<n>.json`, so a restore must use the same process count.
+Checkpointing the training iterator: `ssl_jax.checkpoint.Checkpointer` saves it beside the
+train state as the orbax item `data` (grain's `PyGrainCheckpointSave` / `...Restore` args,
+orbax-checkpoint 0.12.8, tested in tests/test_pipeline.py); restoring resets the iterator in
+place, so its next batch is the one the interrupted run would have drawn. The iterator state is
+read when `save` is called (before an async save returns), so advancing the iterator while the
+save is in flight is safe. Each process writes its own `process_<i>-of-<n>.json`, so a restore
+must use the same process count.
 """
 
 from __future__ import annotations
@@ -36,7 +24,7 @@ import jax
 import numpy as np
 
 
-def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -85,7 +73,7 @@ def make_train_loader(source, *, global_batch_size: int, seed: int,
     A grain `DataLoader`; `iter(loader)` yields `{'image': uint8 [b,S,S,C], 'label': int32
     [b]}` and has `get_state()` / `set_state()` for exact resumption.
   """
-  process_index, process_count = _process_layout(process_index, process_count)
+  process_index, process_count = process_layout(process_index, process_count)
   batch_size = per_process_batch_size(global_batch_size, process_count)
   if global_batch_size > len(source):
     raise ValueError(f"global_batch_size {global_batch_size} is larger than the dataset "
@@ -101,17 +89,6 @@ def make_train_loader(source, *, global_batch_size: int, seed: int,
       operations=[grain.Batch(batch_size=batch_size, drop_remainder=True)],
       worker_count=worker_count, shard_options=shard,
       read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
-
-
-def checkpoint_save_args(iterator: grain.PyGrainDatasetIterator) -> grain.PyGrainCheckpointSave:
-  """The orbax save argument for a training iterator (see the module docstring)."""
-  return grain.PyGrainCheckpointSave(iterator)
-
-
-def checkpoint_restore_args(
-    iterator: grain.PyGrainDatasetIterator) -> grain.PyGrainCheckpointRestore:
-  """The orbax restore argument; restoring sets `iterator`'s state in place."""
-  return grain.PyGrainCheckpointRestore(iterator)
 
 
 def eval_batch_count(num_records: int, global_batch_size: int, process_count: int) -> int:
@@ -135,7 +112,7 @@ def make_eval_batches(source, *, global_batch_size: int, process_index: int | No
   Returns:
     An iterator of `{'image': uint8 [b,S,S,C], 'label': int32 [b], 'mask': bool [b]}`.
   """
-  process_index, process_count = _process_layout(process_index, process_count)
+  process_index, process_count = process_layout(process_index, process_count)
   batch_size = per_process_batch_size(global_batch_size, process_count)
   num_records = len(source)
   if num_records == 0:
