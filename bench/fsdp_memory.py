@@ -19,8 +19,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
-from ssl_jax import config_lib, optim, parallel  # noqa: E402
-from ssl_jax.methods import build_method  # noqa: E402
+from ssl_jax import config_lib, trainer  # noqa: E402
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:
@@ -34,22 +33,13 @@ def per_device_bytes(abstract_tree, shardings) -> int:
 def measure(config, fsdp: int) -> dict:
   config = config_lib.from_json(config_lib.to_json(config))
   config.mesh.data, config.mesh.fsdp = -1, fsdp
-  mesh = parallel.make_mesh(config.mesh)
-  method = build_method(config)
-  size = config.data.image_size
-  batch = {"image": jax.ShapeDtypeStruct((mesh.devices.size, size, size, 3), np.uint8),
-           "label": jax.ShapeDtypeStruct((mesh.devices.size,), np.int32)}
-  key = jax.random.PRNGKey(0)
-  params = jax.eval_shape(lambda r, b: method.init(r, b)[0], key, batch)
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size, total_steps=100,
-                                 steps_per_epoch=10)
-  tx = method.make_optimizer(schedule, params)
-  state = {"params": params, "opt_state": jax.eval_shape(tx.init, params)}
-  shardings = parallel.state_shardings(state, mesh)
+  setup = trainer.build(config, total_steps=100, steps_per_epoch=10)
+  state = {k: setup.abstract_state[k] for k in ("params", "opt_state")}
+  shardings = {k: setup.shardings[k] for k in ("params", "opt_state")}
   total = sum(int(np.prod(l.shape, dtype=np.int64)) * l.dtype.itemsize
               for l in jax.tree.leaves(state))
   return {"per_device_bytes": per_device_bytes(state, shardings), "total_bytes": total,
-          "mesh": dict(mesh.shape)}
+          "mesh": dict(setup.mesh.shape)}
 
 
 def main():

@@ -20,29 +20,20 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
-from ssl_jax import config_lib, optim, parallel, train  # noqa: E402
-from ssl_jax.methods import build_method  # noqa: E402
+from ssl_jax import config_lib, trainer  # noqa: E402
+from ssl_jax.data import streams  # noqa: E402
 
 
 def measure(config, *, steps: int) -> dict:
-  mesh = parallel.make_mesh(config.mesh)
-  parallel.check_batch_size(config.batch_size, mesh)
-  method = build_method(config)
-  size = config.data.image_size
+  setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
   rng = np.random.default_rng(0)
-  local = config.batch_size // jax.process_count()
-  batch = parallel.host_to_global(
-      {"image": rng.integers(0, 256, (local, size, size, 3), dtype=np.uint8),
-       "label": np.zeros((local,), np.int32)}, mesh)
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size, total_steps=1000,
-                                 steps_per_epoch=100)
-  key = jax.random.PRNGKey(0)
-  params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], key, batch)
-  tx = method.make_optimizer(schedule, params_shape)
-  state, shardings = train.create_train_state(method, tx, key, batch, mesh)
-  step_fn = jax.jit(train.make_train_step(method, tx, grad_accum_steps=1, base_rng=key),
-                    in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+  # Random images in the structure the step receives (one batch, or one per data stream).
+  batch = setup.global_batch(jax.tree.map(
+      lambda s: rng.integers(0, 256, s.shape, dtype=s.dtype) if s.dtype == np.uint8
+      else np.zeros(s.shape, s.dtype),
+      streams.batch_shapes(config, process_count=jax.process_count())))
+  state = setup.init_state()
+  step_fn = setup.step
   compiled = step_fn.lower(state, batch).compile()
   flops = common.compiled_flops(compiled)
   state, _ = compiled(state, batch)  # warm-up
@@ -54,7 +45,8 @@ def measure(config, *, steps: int) -> dict:
   jax.block_until_ready(metrics)
   step_time = (time.perf_counter() - start) / steps
   params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  return {"step_time_s": step_time, "images_per_sec": config.batch_size / step_time,
+  images = sum(x.shape[0] for x in jax.tree.leaves(batch) if x.ndim == 4)
+  return {"step_time_s": step_time, "images_per_sec": images / step_time,
           "model_flops_per_step": flops, "achieved_flops_per_sec": flops / step_time,
           "num_params": int(params)}
 

@@ -39,7 +39,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from ssl_jax import config_lib, parallel, runs
-from ssl_jax.data import pipeline, sources
+from ssl_jax.data import pipeline, sources, streams
 from ssl_jax.evaluators import runner
 from ssl_jax.methods import build_method
 
@@ -112,8 +112,8 @@ def parse_protocols(text: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _sample_batch(config) -> dict[str, np.ndarray]:
-  size = config.data.image_size
-  return {"image": np.zeros((8, size, size, 3), np.uint8), "label": np.zeros((8,), np.int32)}
+  """Zeros shaped like a training batch (one dict per data stream if the run had several)."""
+  return streams.zeros_batch(config, rows=8)
 
 
 def _check_labelled(config) -> None:

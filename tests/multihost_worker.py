@@ -24,28 +24,19 @@ def main():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                                num_processes=num_processes, process_id=process_id)
-  from ssl_jax import config_lib, optim, parallel, train
-  from ssl_jax.methods import build_method
+  from ssl_jax import config_lib, trainer
 
   config = config_lib.load_config("configs/mae.py:smoke")
   config.batch_size = 8
-  mesh = parallel.make_mesh(config.mesh)
-  method = build_method(config)
+  setup = trainer.build(config, total_steps=10, steps_per_epoch=10)
   # A fixed global batch; each process contributes its contiguous half.
   rng = np.random.default_rng(0)
   global_images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   local = 8 // num_processes
   rows = slice(process_id * local, (process_id + 1) * local)
-  batch = parallel.host_to_global({"image": global_images[rows],
-                                   "label": np.zeros((local,), np.int32)}, mesh)
-  schedule = optim.make_schedule(config.optim, batch_size=8, total_steps=10, steps_per_epoch=10)
-  key = jax.random.PRNGKey(0)
-  params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], key, batch)
-  tx = method.make_optimizer(schedule, params_shape)
-  state, shardings = train.create_train_state(method, tx, key, batch, mesh)
-  step = jax.jit(train.make_train_step(method, tx, grad_accum_steps=1, base_rng=key),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=(shardings, parallel.replicated(mesh)))
+  batch = setup.global_batch({"image": global_images[rows],
+                              "label": np.zeros((local,), np.int32)})
+  state, step = setup.init_state(), setup.step
   losses = []
   for _ in range(3):
     state, metrics = step(state, batch)

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, optim, parallel, runs, train
+from ssl_jax import config_lib, optim, runs, train, trainer
 from ssl_jax.data import augment, sources
 from ssl_jax.losses import contrastive, distillation, queue as queue_lib
 from ssl_jax.methods import build_method, ema, views
@@ -426,21 +426,11 @@ def test_config_errors_are_clear():
 
 
 def _run_steps(config, devices, batches):
-  mesh = parallel.make_mesh(config.mesh, devices)
-  method = build_method(config, total_steps=10, steps_per_epoch=10)
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size, total_steps=10,
-                                 steps_per_epoch=10)
-  sample = parallel.host_to_global(batches[0], mesh)
-  params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], RNG, sample)
-  tx = method.make_optimizer(schedule, params_shape)
-  state, shardings = train.create_train_state(method, tx, RNG, sample, mesh)
-  step_fn = jax.jit(train.make_train_step(method, tx, grad_accum_steps=1,
-                                          base_rng=jax.random.PRNGKey(1)),
-                    in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)))
+  setup = trainer.build(config, devices=devices, total_steps=10, steps_per_epoch=10)
+  state = setup.init_state()
   losses = []
   for batch in batches:
-    state, metrics = step_fn(state, parallel.host_to_global(batch, mesh))
+    state, metrics = setup.step(state, setup.global_batch(batch))
     losses.append(float(metrics["train/loss"]))
   return losses, jax.device_get(state["method_state"])
 

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from ssl_jax import checkpoint, config_lib, optim, parallel, runs, train, viz
+from ssl_jax import checkpoint, config_lib, runs, train, trainer, viz
 from ssl_jax.data import sources
 from ssl_jax.losses import distillation
 from ssl_jax.methods import build_method, dino, swav
@@ -338,22 +338,11 @@ def test_swav_queue_fills_fifo_from_its_start_epoch_and_is_used_once_full():
 
 
 def _run_steps(config, devices, batches):
-  config = config_lib.from_json(config_lib.to_json(config))
-  mesh = parallel.make_mesh(config.mesh, devices)
-  method = build_method(config, total_steps=10, steps_per_epoch=1)
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size, total_steps=10,
-                                 steps_per_epoch=1)
-  rng = jax.random.PRNGKey(0)
-  sample = parallel.host_to_global(batches[0], mesh)
-  params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], rng, sample)
-  tx = method.make_optimizer(schedule, params_shape)
-  state, shardings = train.create_train_state(method, tx, rng, sample, mesh)
-  step_fn = jax.jit(train.make_train_step(method, tx, grad_accum_steps=1,
-                                          base_rng=jax.random.PRNGKey(1)),
-                    in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)))
+  setup = trainer.build(config_lib.from_json(config_lib.to_json(config)), devices=devices,
+                        total_steps=10, steps_per_epoch=1)
+  state = setup.init_state()
   for batch in batches:
-    state, _ = step_fn(state, parallel.host_to_global(batch, mesh))
+    state, _ = setup.step(state, setup.global_batch(batch))
   return jax.device_get(state["method_state"])
 
 

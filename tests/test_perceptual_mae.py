@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, optim, parallel, runs, subtrees, train, viz
+from ssl_jax import config_lib, runs, subtrees, train, trainer, viz
 from ssl_jax.losses import perceptual as P
 from ssl_jax.methods import build_method, mae, perceptual_mae
 
@@ -142,14 +142,9 @@ def test_optimizers_update_ratio_copy_refresh_and_checkpoint_resume(tmp_path):
   config = _config("perceptual_mae.py:smoke,dcgan", TINY + [
       "batch_size=8", "optim.warmup_steps=0", "method.discriminator_update_every=2",
       "method.feature_discriminator_refresh_epochs=2", "method.discriminator_optim.lr=1e-3"])
-  mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
-  method = build_method(config, total_steps=4, steps_per_epoch=2)
-  schedule = optim.make_schedule(config.optim, batch_size=8, total_steps=4, steps_per_epoch=2)
-  key = jax.random.PRNGKey(0)
-  batch = parallel.host_to_global({k: np.asarray(v) for k, v in _batch(8).items()}, mesh)
-  tx = method.make_optimizer(schedule, jax.eval_shape(lambda: method.init(key, batch)[0]))
-  train_state, shardings = train.create_train_state(method, tx, key, batch, mesh)
-  step_fn = jax.jit(train.make_train_step(method, tx, grad_accum_steps=1, base_rng=key))
+  setup = trainer.build(config, devices=jax.devices()[:1], total_steps=4, steps_per_epoch=2)
+  batch = setup.global_batch({k: np.asarray(v) for k, v in _batch(8).items()})
+  train_state, shardings, step_fn = setup.init_state(), setup.shardings, setup.step
   history = [jax.device_get(train_state)]
   updates = []
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)

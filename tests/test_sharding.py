@@ -4,29 +4,17 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib, optim, parallel, train
-from ssl_jax.methods import build_method
+from ssl_jax import config_lib, parallel, trainer
 
 
 def _run_steps(config, devices, mesh_data, mesh_fsdp, batches):
   config = config_lib.from_json(config_lib.to_json(config))  # private copy
   config.mesh.data, config.mesh.fsdp = mesh_data, mesh_fsdp
-  mesh = parallel.make_mesh(config.mesh, devices)
-  method = build_method(config)
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size, total_steps=10,
-                                 steps_per_epoch=10)
-  rng = jax.random.PRNGKey(0)
-  sample = parallel.host_to_global(batches[0], mesh)
-  params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], rng, sample)
-  tx = method.make_optimizer(schedule, params_shape)
-  state, shardings = train.create_train_state(method, tx, rng, sample, mesh)
-  step_fn = jax.jit(train.make_train_step(method, tx, grad_accum_steps=config.optim.grad_accum_steps,
-                                          base_rng=jax.random.PRNGKey(1)),
-                    in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)))
+  setup = trainer.build(config, devices=devices, total_steps=10, steps_per_epoch=10)
+  state = setup.init_state()
   losses = []
   for batch in batches:
-    state, metrics = step_fn(state, parallel.host_to_global(batch, mesh))
+    state, metrics = setup.step(state, setup.global_batch(batch))
     losses.append(float(metrics["train/loss"]))
   return losses, jax.device_get(state["params"]), state
 
@@ -58,17 +46,12 @@ def test_grad_accumulation_averages_microbatch_gradients(setup):
   config, batches, _ = setup
   config = config_lib.from_json(config_lib.to_json(config))
   config.optim.grad_accum_steps = 2
-  method = build_method(config)
-  mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
-  schedule = optim.make_schedule(config.optim, batch_size=16, total_steps=10, steps_per_epoch=10)
-  base_rng = jax.random.PRNGKey(1)
+  built = trainer.build(config, devices=jax.devices()[:1], total_steps=10, steps_per_epoch=10)
+  method, tx, base_rng = built.method, built.tx, built.step_rng
+  state = built.init_state()
+  params, method_state = jax.device_get((state["params"], state["method_state"]))
   batch = jax.tree.map(jax.numpy.asarray, batches[0])
-  params, method_state = method.init(jax.random.PRNGKey(0), batch)
-  tx = method.make_optimizer(schedule, params)
-  state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
-           "opt_state": tx.init(params), "method_state": method_state}
-  step_fn = jax.jit(train.make_train_step(method, tx, grad_accum_steps=2, base_rng=base_rng))
-  new_state, metrics = step_fn(state, batch)
+  new_state, metrics = built.step(state, built.global_batch(batches[0]))
 
   rng = jax.random.fold_in(base_rng, 0)
   grads, losses = [], []
