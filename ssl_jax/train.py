@@ -4,8 +4,9 @@ r"""The one training loop, for every method.
         [--config.optim.lr=1e-3 ...]
 
 config -> data streams (this process's shard: `ssl_jax.data.streams`) -> grain batches -> one
-global sharded pytree -> jitted train step (`ssl_jax.trainer`) [views on device -> method.loss
--> grads -> optax -> method.update_state] -> metrics (clu: TensorBoard, stdout, metrics.jsonl) / evaluators / orbax checkpoints.
+global sharded pytree, built ahead in a thread (`ssl_jax.data.prefetch`) -> jitted train step
+(`ssl_jax.trainer`) [views on device -> method.loss -> grads -> optax -> method.update_state]
+-> metrics (clu: TensorBoard, stdout, metrics.jsonl) / evaluators / orbax checkpoints.
 
 A run resumes from the latest checkpoint in its workdir, data iterator included, so an
 interrupted run sees exactly the batches an uninterrupted one would. SIGTERM (TPU preemption)
@@ -30,8 +31,8 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics_io, parallel, trainer, viz
-from ssl_jax.data import streams
+from ssl_jax import config_lib, metrics_io, trainer, viz
+from ssl_jax.data import prefetch, streams
 from ssl_jax.evaluators import runner
 
 
@@ -100,11 +101,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     (workdir_path / "config.json").write_text(config_lib.to_json(config))
 
   data = streams.make_train_data(config)
-  data_iter = data.iterator
   total_steps, steps_per_epoch = resolve_total_steps(config, data.steps_per_epoch)
   setup = trainer.build(config, devices=devices, total_steps=total_steps,
                         steps_per_epoch=steps_per_epoch, num_classes=data.num_classes)
   mesh, method, schedule, train_step = setup.mesh, setup.method, setup.schedule, setup.step
+  data_iter = prefetch.DevicePrefetcher(data.iterator, mesh, config.data.prefetch)
   protocols = runner.parse_protocols(config.eval.protocols)
   evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
   train_state = setup.init_state()
@@ -132,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   timer_step = start_step
   try:
     while step < total_steps:
-      batch = parallel.host_to_global(next(data_iter), mesh)
+      batch = next(data_iter)
       train_state, metrics = train_step(train_state, batch)
       step += 1
       if pending is not None:
@@ -194,6 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         final_metrics["preempted_at"] = step
         return final_metrics
   finally:
+    data_iter.close()
     preemption.uninstall()
     checkpointer.close()
     writer.close()
