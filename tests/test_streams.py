@@ -268,6 +268,7 @@ def _with_streams(entries, **top):
 @pytest.mark.parametrize("entries,top,message", [
     ({"u": {"kind": "unlabeled", "batch_sise": 8}}, {}, "Did you mean data.streams.u.batch_size"),
     ({"u": {"kind": "unlabelled"}}, {}, "data.streams.u.kind='unlabelled'; choose one of"),
+    ({"image": {"kind": "unlabeled"}}, {}, "other than 'image' and 'label'"),
     ({"s": {"kind": "support", "classes": 10}}, {}, "set data.streams.s.classes"),
     ({"s": {"kind": "support", "classes": 2, "per_class": 2, "batch_size": 4}}, {},
      "leave batch_size at 0"),
@@ -291,3 +292,10 @@ def test_single_stream_configs_keep_the_single_batch():
   shapes = streams.batch_shapes(config, process_count=2)
   assert shapes["image"].shape == (128, 32, 32, 3) and shapes["label"].shape == (128,)
   assert streams.batch_sizes(toy_config()) == {"labeled": 16, "unlabeled": 32}
+
+
+def test_train_step_bench_times_a_two_stream_config():
+  from bench import train_step
+  result = train_step.measure(toy_config(), steps=2)
+  assert result["num_params"] == 8 * 8 * 3 * NUM_CLASSES + NUM_CLASSES
+  np.testing.assert_allclose(result["images_per_sec"], (16 + 32) / result["step_time_s"])

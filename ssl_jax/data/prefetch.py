@@ -89,7 +89,10 @@ class DevicePrefetcher:
     self._state = state
 
   def start_prefetch(self) -> None:
-    """Called by grain's checkpoint handler after a restore; the thread starts on first use."""
+    """Called by grain's checkpoint handler after a restore: lets the host iterator start
+    reading while the train state loads (this thread starts on the first batch)."""
+    if hasattr(self._host, "start_prefetch"):
+      self._host.start_prefetch()
 
   def close(self) -> None:
     """Stops the thread (it may be blocked on a full queue) and drops the batches it built."""

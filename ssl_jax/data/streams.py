@@ -101,9 +101,10 @@ def parse_streams(config: ml_collections.ConfigDict) -> tuple[StreamSpec, ...]:
   for name in sorted(declared):
     entry = declared[name]
     where = f"data.streams.{name}"
-    if not name.isidentifier():
-      raise StreamConfigError(f"Stream name {name!r} must be a Python identifier (the method "
-                              "reads batch[name]), e.g. 'labeled' or 'unlabeled'.")
+    if not name.isidentifier() or name in ("image", "label"):
+      raise StreamConfigError(f"Stream name {name!r} must be a Python identifier other than "
+                              "'image' and 'label' (the method reads batch[name]), e.g. "
+                              "'labeled' or 'unlabeled'.")
     if not isinstance(entry, (ml_collections.ConfigDict, Mapping)):
       raise StreamConfigError(f"{where} must be a ConfigDict of stream keys, e.g. "
                               "streams.stream_config('unlabeled', batch_size=256); got "
