@@ -3,8 +3,10 @@
 A checkpoint under `workdir/checkpoints/<step>/` holds two items:
 * `state`: the whole train state (step, params, optimizer state, method state), saved
   asynchronously from the sharded arrays and restored straight into the run's shardings;
-* `data`: the grain iterator state of every process, so a resumed run continues with exactly
-  the batches an uninterrupted run would have seen (no batch lost or repeated).
+* `data`: the grain iterator state of every process (with `data.streams`: one JSON object of
+  every stream's state, `ssl_jax.data.streams.MultiStreamIterator`), so a resumed run
+  continues with exactly the batches an uninterrupted run would have seen (no batch lost or
+  repeated).
 
 Exports are params only: `workdir/export/params/` (orbax, loads in JAX without this code) and
 `workdir/export/params.npz` (flat '/'-joined names, loads anywhere numpy does).
