@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics_io, methods, parallel, train
+from ssl_jax import config_lib, methods, parallel, runs, train
 from ssl_jax.data import sources, streams, subsets
 from ssl_jax.methods import base
 
@@ -102,7 +102,7 @@ class Recorder:
 
 
 def losses_by_step(workdir):
-  return {r["step"]: r["train/loss"] for r in metrics_io.read_metrics(workdir)
+  return {r["step"]: r["train/loss"] for r in runs.read_metrics(workdir)
           if "train/loss" in r}
 
 
@@ -144,10 +144,10 @@ def test_two_stream_method_learns_and_equals_on_one_and_eight_devices(straight_r
   one, eight = losses_by_step(workdir), losses_by_step(tmp_path)
   assert sorted(one) == sorted(eight) == list(range(1, 9))
   np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], rtol=1e-5)
-  records = [r for r in metrics_io.read_metrics(workdir) if "train/cross_entropy" in r]
+  records = [r for r in runs.read_metrics(workdir) if "train/cross_entropy" in r]
   assert records[-1]["train/cross_entropy"] < 0.7 * records[0]["train/cross_entropy"], records
   # images/s counts both streams: 16 + 32 rows per step.
-  last = metrics_io.read_metrics(workdir)[-1]
+  last = runs.read_metrics(workdir)[-1]
   np.testing.assert_allclose(last["train/images_per_sec"], 48 * last["train/steps_per_sec"],
                              rtol=1e-6)
 
