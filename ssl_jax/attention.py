@@ -54,6 +54,8 @@ def cls_attention(encoder: nn.Module, encoder_params: Any, images: jax.Array) ->
   The raw row also gives some weight to [CLS] itself; dividing it out makes each head's map a
   distribution over patches, the quantity `visualize_attention.py` thresholds.
   """
+  if not getattr(encoder, "class_token", True):
+    raise ValueError("cls_attention needs a ViT with a class token (model.class_token=True).")
   weights = last_block_attention(encoder, encoder_params, images)[:, :, 0, 1:]
   weights = weights.astype(jnp.float32)
   return weights / jnp.sum(weights, axis=-1, keepdims=True)

@@ -219,6 +219,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_heads = 0
   c.model.dtype = "float32"     # Compute dtype; bfloat16 on accelerators. Params stay float32.
   c.model.pool = "cls"
+  # False: no CLS token, pooled = fc_norm(mean of patch tokens) (timm global_pool='avg').
+  c.model.class_token = True
   c.model.pos_embed = "learn"
   c.model.drop_path_rate = 0.0
   c.model.stem = "cifar"

@@ -21,6 +21,7 @@ _METHODS: dict[str, str] = {
     "simsiam": "ssl_jax.methods.byol:SimSiam",
     "swav": "ssl_jax.methods.swav:SwAV",
     "dino": "ssl_jax.methods.dino:DINO",
+    "lejepa": "ssl_jax.methods.lejepa:LeJEPA",
     "supervised": "ssl_jax.methods.supervised:Supervised",
 }
 

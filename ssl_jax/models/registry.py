@@ -55,7 +55,7 @@ def build_encoder(model_config) -> nn.Module:
   """Builds the backbone named by `model_config.name`; params are always float32.
 
   Keys read (others ignored, missing ones take the default): name; dtype ('float32');
-  ViT: pool ('cls'), pos_embed ('learn'), drop_path_rate (0.0), hidden_size / depth /
+  ViT: pool ('cls'), class_token (True), pos_embed ('learn'), drop_path_rate (0.0), hidden_size / depth /
   num_heads (0: the variant's own); ResNet: stem ('imagenet').
   """
   name = model_config.get("name", None)
@@ -81,6 +81,10 @@ def build_encoder(model_config) -> nn.Module:
   pool = model_config.get("pool", "cls")
   if pool not in ("cls", "mean"):
     raise ValueError(f"model.pool must be 'cls' or 'mean', got {pool!r}.")
+  class_token = bool(model_config.get("class_token", True))
+  if not class_token and pool != "mean":
+    raise ValueError("model.class_token=False leaves no CLS token to pool: set "
+                     "model.pool='mean' (timm's class_token=False, global_pool='avg').")
   pos_embed = model_config.get("pos_embed", "learn")
   if pos_embed not in ("learn", "sincos"):
     raise ValueError(f"model.pos_embed must be 'learn' or 'sincos', got {pos_embed!r}.")
@@ -88,8 +92,8 @@ def build_encoder(model_config) -> nn.Module:
   if not 0.0 <= drop_path_rate < 1.0:
     raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path_rate}.")
   return vit.VisionTransformer(
-      patch_size=patch_size, pos_embed=pos_embed, pool=pool, drop_path_rate=drop_path_rate,
-      dtype=dtype, param_dtype=jnp.float32, **variant)
+      patch_size=patch_size, pos_embed=pos_embed, pool=pool, class_token=class_token,
+      drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=jnp.float32, **variant)
 
 
 def feature_dim(model_config) -> int:

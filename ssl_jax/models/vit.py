@@ -9,7 +9,9 @@ PyTorch with a fixed renaming table:
   blocks.{i}.norm1 / norm2      blocks_{i}/norm1, blocks_{i}/norm2 (LayerNorm eps 1e-6)
   blocks.{i}.attn.qkv / proj    blocks_{i}/attn/qkv [D,3D] + bias, blocks_{i}/attn/proj
   blocks.{i}.mlp.fc1 / fc2      blocks_{i}/mlp/fc1, blocks_{i}/mlp/fc2 (exact GELU between)
-  norm                          norm
+  norm                          norm (with a class token)
+  fc_norm                       fc_norm (class_token=False: timm's global_pool='avg', whose
+                                final `norm` is the identity and has no weights)
 
 Initialisation follows MAE's `_init_weights` (xavier-uniform Dense, zero bias, patch-embedding
 kernel xavier-uniform over its flattened [p*p*C, D] view, cls token N(0, 0.02)) and timm for the
@@ -227,7 +229,13 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """ViT encoder with a CLS token, optionally run on a subset of patches (MAE encoder).
+  """ViT encoder, optionally run on a subset of patches (MAE encoder).
+
+  With a class token (the default) the tokens go through the final LayerNorm `norm` and the
+  summary is the CLS token or the mean of the normed patch tokens. Without one (timm's
+  `class_token=False, global_pool='avg'`, whose `fc_norm` defaults to on) there is no final
+  `norm`: the patch tokens are averaged, then normalised by the LayerNorm `fc_norm`, the order
+  of timm's `forward_head` (pool, then fc_norm).
 
   Attributes:
     patch_size: side of the square patches.
@@ -237,7 +245,10 @@ class VisionTransformer(nn.Module):
     mlp_ratio: MLP hidden width / D.
     pos_embed: 'learn' (a `pos_embed` param, timm) or 'sincos' (fixed 2-D sine-cosine, MAE; not a
       param, recomputed for the input's grid).
-    pool: which summary is returned as 'pooled': 'cls' or 'mean' (of the patch tokens).
+    pool: which summary is returned as 'pooled': 'cls' or 'mean' (of the patch tokens);
+      'mean' without a class token.
+    class_token: prepend a learned CLS token (timm `class_token`); without one the position
+      embedding has no CLS slot and 'pooled' is fc_norm(mean of the patch tokens).
     drop_path_rate: stochastic-depth rate of the last block, linear from 0 over depth (timm).
     dtype: computation dtype; params are kept in `param_dtype`.
   """
@@ -248,9 +259,15 @@ class VisionTransformer(nn.Module):
   mlp_ratio: float = 4.0
   pos_embed: str = "learn"
   pool: str = "cls"
+  class_token: bool = True
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    """Tokens before the patches: the CLS token or none (timm's `num_prefix_tokens`)."""
+    return int(self.class_token)
 
   @property
   def feature_dim(self) -> int:
@@ -261,6 +278,9 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {self.pos_embed!r}.")
     if self.pool not in ("cls", "mean"):
       raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}.")
+    if not self.class_token and self.pool != "mean":
+      raise ValueError("A ViT without a class token has no CLS to pool: use pool='mean' "
+                       "(timm's class_token=False, global_pool='avg').")
     if not 0.0 <= self.drop_path_rate < 1.0:
       raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
     if self.hidden_size % self.num_heads:
@@ -268,26 +288,29 @@ class VisionTransformer(nn.Module):
           f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.")
 
   def _position_embedding(self, grid: tuple[int, int]) -> jax.Array:
-    """[1, 1 + rows*cols, D] position embedding (CLS slot first) for the input's patch grid."""
+    """[1, prefix + rows*cols, D] position embedding for the input's patch grid, the CLS slot
+    first when there is a class token (prefix = `num_prefix_tokens`)."""
+    prefix = self.num_prefix_tokens
     if self.pos_embed == "sincos":
-      return jnp.asarray(sincos_pos_embed_2d(self.hidden_size, grid, with_cls_token=True))
+      return jnp.asarray(sincos_pos_embed_2d(self.hidden_size, grid,
+                                             with_cls_token=self.class_token))
     # The learned table is created for the grid seen at init (initialise with the largest
     # crop); other grids (e.g. DINO local crops) get a bicubic resample of it. Flax checks a
     # stored param against the init shape, so a later call declares the stored shape.
-    shape = (1, 1 + grid[0] * grid[1], self.hidden_size)
+    shape = (1, prefix + grid[0] * grid[1], self.hidden_size)
     if self.has_variable("params", "pos_embed"):
       shape = jnp.shape(self.get_variable("params", "pos_embed"))
     learned = self.param("pos_embed", nn.initializers.truncated_normal(0.02), shape,
                          self.param_dtype)
-    num_learned = learned.shape[1] - 1
+    num_learned = learned.shape[1] - prefix
     side = int(round(num_learned ** 0.5))
     learned_grid = grid if num_learned == grid[0] * grid[1] else (side, side)
     if learned_grid[0] * learned_grid[1] != num_learned:
       raise ValueError(
           f"Learned pos_embed holds {num_learned} patches, not a square grid, and cannot be "
           f"resampled to the input grid {grid}.")
-    patch_part = resize_pos_embed(learned[:, 1:], learned_grid, grid)
-    return jnp.concatenate([learned[:, :1], patch_part], axis=1)
+    patch_part = resize_pos_embed(learned[:, prefix:], learned_grid, grid)
+    return jnp.concatenate([learned[:, :prefix], patch_part], axis=1)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, keep_ids: jax.Array | None = None,
@@ -302,8 +325,10 @@ class VisionTransformer(nn.Module):
       train: enables stochastic depth (needs the 'dropout' rng when drop_path_rate > 0).
 
     Returns:
-      dict with 'tokens' [B, 1+n, D] (final LayerNorm applied, CLS first), 'cls' [B, D],
-      'mean' [B, D] (mean of normed patch tokens, CLS excluded) and 'pooled' (= 'cls' or 'mean').
+      With a class token: dict with 'tokens' [B, 1+n, D] (final LayerNorm applied, CLS first),
+      'cls' [B, D], 'mean' [B, D] (mean of normed patch tokens, CLS excluded) and 'pooled'
+      (= 'cls' or 'mean'). Without one: 'tokens' [B, n, D] (the last block's output: timm's
+      `norm` is the identity there) and 'mean' = 'pooled' = fc_norm(mean of 'tokens').
     """
     self._check_attributes()
     if images.ndim != 4:
@@ -320,7 +345,7 @@ class VisionTransformer(nn.Module):
                 bias_init=nn.initializers.zeros, name="patch_embed")(images)
     x = x.reshape(batch, grid[0] * grid[1], self.hidden_size)
     pos_embed = self._position_embedding(grid).astype(self.dtype)
-    x = x + pos_embed[:, 1:]
+    x = x + pos_embed[:, self.num_prefix_tokens:]
 
     if keep_ids is not None:
       chex.assert_rank(keep_ids, 2)
@@ -330,10 +355,12 @@ class VisionTransformer(nn.Module):
         raise ValueError(f"keep_ids must be integer patch indices, got dtype {keep_ids.dtype}.")
       x = jnp.take_along_axis(x, keep_ids[:, :, None], axis=1)
 
-    cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.hidden_size),
-                           self.param_dtype)
-    cls_token = cls_token.astype(self.dtype) + pos_embed[:, :1]
-    x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.hidden_size)), x], axis=1)
+    if self.class_token:
+      cls_token = self.param("cls_token", nn.initializers.normal(0.02),
+                             (1, 1, self.hidden_size), self.param_dtype)
+      cls_token = cls_token.astype(self.dtype) + pos_embed[:, :1]
+      x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.hidden_size)), x],
+                          axis=1)
 
     # timm's stochastic-depth decay rule: rate grows linearly with depth.
     drop_path_rates = np.linspace(0.0, self.drop_path_rate, self.depth)
@@ -341,8 +368,14 @@ class VisionTransformer(nn.Module):
       x = Block(self.hidden_size, self.num_heads, self.mlp_ratio,
                 float(drop_path_rates[index]), dtype=self.dtype, param_dtype=self.param_dtype,
                 name=f"blocks_{index}")(x, train=train)
-    tokens = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="norm")(x)
+    norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
+                                     param_dtype=self.param_dtype, name=name)
+    if not self.class_token:
+      # timm `forward_head` with global_pool='avg': average the tokens, then `fc_norm`.
+      mean = jnp.mean(x, axis=1, dtype=jnp.float32).astype(x.dtype)
+      pooled = norm("fc_norm")(mean)
+      return {"tokens": x, "mean": pooled, "pooled": pooled}
+    tokens = norm("norm")(x)
 
     cls = tokens[:, 0]
     mean = jnp.mean(tokens[:, 1:], axis=1, dtype=jnp.float32).astype(tokens.dtype)
