@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import traverse_util
 from scipy import special
 
 from ssl_jax.models import registry
@@ -436,8 +437,66 @@ def test_registry_builds_named_backbones():
     (dict(name="vit_s16", pool="max"), "model.pool"),
     (dict(name="vit_s16", pos_embed="rope"), "model.pos_embed"),
     (dict(name="vit_s16", drop_path_rate=1.0), "drop_path_rate"),
+    (dict(name="vit_s16", class_token=False, pool="cls"), "model.pool='mean'"),
     (dict(name="resnet18", stem="tiny"), "model.stem"),
 ])
 def test_registry_rejects_bad_configs(config, message):
   with pytest.raises(ValueError, match=message):
     registry.build_encoder(ml_collections.ConfigDict(config))
+
+
+# --------------------------------------------------------------------------- no class token
+
+# timm's state_dict keys of VisionTransformer(depth=1, class_token=False, global_pool='avg'),
+# head excluded: no cls_token, pos_embed without a CLS row, fc_norm instead of norm.
+TIMM_NO_CLASS_TOKEN_KEYS = {
+    "patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed",
+    "blocks.0.norm1.weight", "blocks.0.norm1.bias", "blocks.0.attn.qkv.weight",
+    "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias",
+    "blocks.0.norm2.weight", "blocks.0.norm2.bias", "blocks.0.mlp.fc1.weight",
+    "blocks.0.mlp.fc1.bias", "blocks.0.mlp.fc2.weight", "blocks.0.mlp.fc2.bias",
+    "fc_norm.weight", "fc_norm.bias"}
+
+
+def _timm_name(path):
+  """The timm key of a Flax ViT param path (the rule of ssl_jax/interop/timm.py)."""
+  *modules, leaf = path
+  modules = ["patch_embed.proj" if m == "patch_embed" else m.replace("blocks_", "blocks.")
+             for m in modules]
+  leaf = {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)
+  return ".".join([*modules, leaf])
+
+
+def test_vit_without_class_token_pools_like_timm_avg():
+  """class_token=False: pooled = fc_norm(mean of the last block's tokens), timm's order."""
+  model = tiny_vit(depth=1, class_token=False, pool="mean")
+  images = random_images()
+  params = random_variables(model, images, scale=0.3)["params"]
+  assert "cls_token" not in params and "norm" not in params
+  assert params["pos_embed"].shape == (1, NUM_PATCHES, WIDTH)
+  names = {_timm_name(path) for path in traverse_util.flatten_dict(params)}
+  assert names == TIMM_NO_CLASS_TOKEN_KEYS
+
+  out = model.apply({"params": params}, images)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  patches = np.asarray(vit.patchify(images, PATCH), np.float64)
+  tokens = patches @ p["patch_embed"]["kernel"].reshape(-1, WIDTH) + p["patch_embed"]["bias"]
+  tokens = np_block(tokens + p["pos_embed"], p["blocks_0"], HEADS)
+  np.testing.assert_allclose(np.asarray(out["tokens"]), tokens, rtol=1e-4, atol=1e-4)
+  expected = np_layer_norm(tokens.mean(axis=1), p["fc_norm"], 1e-6)
+  np.testing.assert_allclose(np.asarray(out["pooled"]), expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(out["mean"], out["pooled"])
+  # Normalising before the average (the class-token ViT's pool='mean') is a different feature.
+  assert not np.allclose(np_layer_norm(tokens, p["fc_norm"], 1e-6).mean(axis=1), expected,
+                         rtol=1e-3, atol=1e-3)
+
+  # The registry builds it from model.class_token; local crops resample the CLS-free table.
+  built = registry.build_encoder(ml_collections.ConfigDict(dict(
+      name="vit_ti4", hidden_size=WIDTH, depth=1, num_heads=HEADS, pool="mean",
+      class_token=False)))
+  assert not built.class_token
+  small = model.apply({"params": params}, random_images(size=IMAGE // 2))
+  assert small["tokens"].shape == (BATCH, NUM_PATCHES // 4, WIDTH)
+  with pytest.raises(ValueError, match="pool='mean'"):
+    tiny_vit(class_token=False, pool="cls").init(jax.random.key(0), images)
+
