@@ -37,6 +37,15 @@ def _patch_pooled_vit(config) -> None:
   config.model.pool = "mean"
 
 
+def _small_images(config, num_local: int, proj: tuple[int, int], num_slices: int) -> None:
+  """32 px global / 16 px local crops without blur, a CLS-free ViT, a narrower projector."""
+  _patch_pooled_vit(config)
+  _crops(config, 32, 16, num_local=num_local, blur=False)
+  m = config.method
+  m.proj_hidden_dim, m.proj_dim = proj
+  m.num_slices = num_slices
+
+
 def get_config(arg: str = "digits"):
   config = config_lib.base_config()
   config.method = lejepa.default_method_config()
@@ -53,27 +62,20 @@ def get_config(arg: str = "digits"):
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet",
                                              "resnet50", "cpu"))
   for preset in presets:
-    m = config.method
     if preset == "smoke":
       common.smoke_data(config)
       common.tiny_vit(config)
-      _patch_pooled_vit(config)
-      _crops(config, 32, 16, num_local=2, blur=False)
-      m.proj_hidden_dim, m.proj_dim, m.num_slices = 128, 32, 64
+      _small_images(config, num_local=2, proj=(128, 32), num_slices=64)
       common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "digits":
       common.digits_data(config)
       common.small_vit(config)
-      _patch_pooled_vit(config)
-      _crops(config, 32, 16, num_local=4, blur=False)
-      m.proj_hidden_dim, m.proj_dim, m.num_slices = 512, 64, 256
+      _small_images(config, num_local=4, proj=(512, 64), num_slices=256)
       common.vit_adamw(config, lr=1e-3, warmup_steps=50)
     elif preset == "cifar10":
       common.cifar10_data(config)
       common.small_vit(config)
-      _patch_pooled_vit(config)
-      _crops(config, 32, 16, num_local=6, blur=False)
-      m.proj_hidden_dim, m.proj_dim, m.num_slices = 1024, 128, 512
+      _small_images(config, num_local=6, proj=(1024, 128), num_slices=512)
       config.model.drop_path_rate = 0.1
     elif preset == "imagenet":
       common.imagenet_data(config)
@@ -90,6 +92,7 @@ def get_config(arg: str = "digits"):
     elif preset == "cpu":
       common.cpu_budget(config)
       _patch_pooled_vit(config)
+      m = config.method
       m.num_local_views = 4
       m.proj_hidden_dim, m.proj_dim, m.num_slices = 512, 64, 256
   return config
