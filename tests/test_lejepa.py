@@ -117,3 +117,21 @@ def test_smoke_run_lowers_its_loss_and_beats_chance(tmp_path):
   assert sigregs[-1] < sigregs[0], sigregs
   assert all("train/invariance" in r for r in records if "train/loss" in r)
   assert result["eval/knn_top1"] > 0.3, result  # 10 classes: chance is 0.1.
+
+
+def test_resnet_backbone_threads_its_batch_norm_statistics_through_the_loss():
+  """The `resnet50` preset's path (ResNet-18 here, shapes only): BN statistics of the encoder
+  and projector live in the state and come back from the loss; features are the pooled 512."""
+  config = config_lib.load_config(f"{REPO}/configs/lejepa.py:imagenet,resnet50")
+  config.model.name = "resnet18"
+  m = config.method
+  m.global_view.size, m.local_view.size, m.proj_hidden_dim, m.proj_dim = 32, 16, 64, 16
+  method = lejepa.LeJEPA.from_config(config)
+  batch = {"image": jnp.zeros((4, 40, 40, 3), jnp.uint8), "label": jnp.zeros((4,), jnp.int32)}
+  params, state = jax.eval_shape(method.init, jax.random.key(0), batch)
+  assert set(params) == set(state["batch_stats"]) == {"encoder", "projector"}
+  loss, (metrics, new_state) = jax.eval_shape(method.loss, params, state, batch,
+                                              jax.random.key(1), jnp.int32(0))
+  assert loss.shape == () and set(metrics) == {"invariance", "sigreg", "embedding_std"}
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert jax.eval_shape(method.features, params, state, batch["image"]).shape == (4, 512)
