@@ -131,20 +131,32 @@ def flatten_params(params: Any) -> dict[str, np.ndarray]:
   return {name: np.asarray(value) for name, value in flat.items()}
 
 
-def export_params(params: Any, export_dir: str | pathlib.Path) -> dict[str, str]:
-  """Writes params as orbax (`params/`) and `.npz`; returns the two paths."""
+PARAMS_FORMATS = ("orbax", "npz")
+
+
+def export_params(params: Any, export_dir: str | pathlib.Path,
+                  formats: tuple[str, ...] = PARAMS_FORMATS) -> dict[str, str]:
+  """Writes params as orbax (`params/`) and/or `.npz`; returns {format: path}."""
+  unknown = sorted(set(formats) - set(PARAMS_FORMATS))
+  if unknown or not formats:
+    raise ValueError(f"params export formats must be among {PARAMS_FORMATS}, got {formats}.")
   export_dir = epath.Path(export_dir)
   export_dir.mkdir(parents=True, exist_ok=True)
-  orbax_path = export_dir / "params"
   host_params = jax.device_get(params)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(orbax_path, host_params, force=True)
-  checkpointer.wait_until_finished()
-  npz_path = export_dir / "params.npz"
-  if jax.process_index() == 0:
-    with npz_path.open("wb") as f:
-      np.savez(f, **flatten_params(host_params))
-  return {"orbax": str(orbax_path), "npz": str(npz_path)}
+  paths = {}
+  if "orbax" in formats:
+    orbax_path = export_dir / "params"
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(orbax_path, host_params, force=True)
+    checkpointer.wait_until_finished()
+    paths["orbax"] = str(orbax_path)
+  if "npz" in formats:
+    npz_path = export_dir / "params.npz"
+    if jax.process_index() == 0:
+      with npz_path.open("wb") as f:
+        np.savez(f, **flatten_params(host_params))
+    paths["npz"] = str(npz_path)
+  return paths
 
 
 def load_exported_params(export_dir: str | pathlib.Path) -> Any:

@@ -22,6 +22,8 @@ BatchNorm) under {'batch_stats': {'encoder': ..., 'head_norm': ...}}.
 params) and takes the subtree whose names and shapes equal this backbone's: `encoder` for MAE, a
 student/online backbone for the joint-embedding methods (`method.init_subtree` names one
 explicitly; `ssl_jax.subtrees`). A mismatch is an error that lists the differing paths.
+`init_from=timm:FILE` reads a timm `VisionTransformer` / `ResNet` safetensors file instead
+(`ssl_jax/interop/timm.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from absl import logging
 
 from ssl_jax import lr_decay, optim, runs, subtrees
 from ssl_jax.data import augment, mixing, randaugment
+from ssl_jax.interop import timm as timm_interop
 from ssl_jax.methods import base
 from ssl_jax.models import registry, vit
 
@@ -50,7 +53,8 @@ def default_method_config() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.name = "supervised"
   m.num_classes = 10
-  m.init_from = ""              # Workdir or export dir of an ssl_jax run; "" = random init.
+  m.init_from = ""              # Workdir or export dir of an ssl_jax run, or timm:FILE.safetensors
+                                # (ssl_jax.export --format timm, or public timm weights); "" = random.
   m.init_subtree = ""           # '/'-path of the backbone in those params; "" = found by shape.
   m.freeze_backbone = False     # Linear probe: only the head trains.
   # Head input: 'pooled' (the backbone's pooled output: model.pool for ViTs), 'last_blocks_cls'
@@ -168,9 +172,16 @@ class Supervised(base.Method):
     m = self.config.method
     if not m.init_from:
       return None
-    run = runs.load_variables(m.init_from)
     expected = jax.eval_shape(
         lambda: self.encoder.init(jax.random.PRNGKey(0), self._sample_images()))
+    if m.init_from.startswith(timm_interop.PREFIX):
+      path = m.init_from[len(timm_interop.PREFIX):]
+      variables = timm_interop.from_state_dict(timm_interop.load_state_dict(path), self.encoder,
+                                               expected, origin=path)
+      logging.info("init_from: backbone of timm weights %s", path)
+      return Pretrained(params=variables["params"], batch_stats=variables.get("batch_stats"),
+                        origin=f"timm weights {path}")
+    run = runs.load_variables(m.init_from)
     path, params = subtrees.find_backbone_subtree(run.params, expected["params"],
                                                   subtree=m.init_subtree)
     batch_stats = None

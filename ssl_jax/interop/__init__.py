@@ -1,0 +1,1 @@
+"""Weights in other libraries' names and layouts (`timm`: PyTorch Image Models)."""
