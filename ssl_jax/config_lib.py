@@ -50,10 +50,27 @@ def closest_keys(config: ml_collections.ConfigDict, key: str, n: int = 3) -> lis
   return close
 
 
+def _packaged_config(path: str) -> pathlib.Path | None:
+  """`configs/X.py` of the installed package, so the README's `--config configs/mae.py:smoke`
+  works from any directory: shipped as `ssl_jax.configs` by `pip install .` (pyproject.toml),
+  or the clone's configs/ beside the package (`pip install -e .`, PYTHONPATH)."""
+  parts = pathlib.PurePath(path).parts
+  if len(parts) < 2 or parts[0] != "configs":
+    return None
+  package_dir = pathlib.Path(__file__).resolve().parent
+  for configs_dir in (package_dir / "configs", package_dir.parent / "configs"):
+    candidate = configs_dir.joinpath(*parts[1:])
+    if candidate.is_file():
+      return candidate
+  return None
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path)
+  if not file.is_file():
+    file = _packaged_config(path) or file
   if not file.is_file():
     raise ConfigError(f"Config file {path!r} does not exist. Use e.g. "
                       "--config configs/mae.py:smoke")
