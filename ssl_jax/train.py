@@ -31,7 +31,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, metrics_io, trainer, viz
+from ssl_jax import config_lib, distributed, metrics_io, trainer, viz
 from ssl_jax.data import prefetch, streams
 from ssl_jax.evaluators import runner
 
@@ -41,6 +41,7 @@ def _define_flags() -> None:
   """Defined only when run as a program, so importing this module defines no global flags."""
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
   flags.DEFINE_string("config", None, "configs/<method>.py[:preset[,preset...]]")
+  distributed.define_flags()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -259,6 +260,7 @@ def main(argv, overrides=()):
     raise app.UsageError("Both --config and --workdir are required, e.g. "
                          "--config configs/mae.py:smoke --workdir /tmp/mae_smoke")
   config = load_config_with_overrides(spec, list(overrides))
+  distributed.initialize_from_flags()
   train_and_evaluate(config, workdir)
 
 
