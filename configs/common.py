@@ -12,11 +12,19 @@ SHARED_DATA = pathlib.Path(os.environ.get(
     "SSL_JAX_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+class UnknownPresetError(ValueError):
+  """A preset the config does not know; `known` lists those it does (`ssl_jax.train --list`)."""
+
+  def __init__(self, unknown: list[str], known: tuple[str, ...]):
+    super().__init__(f"Unknown preset(s) {unknown}; this config knows {list(known)}.")
+    self.known = tuple(known)
+
+
 def parse_presets(arg: str, known: tuple[str, ...]) -> list[str]:
   presets = [p.strip() for p in (arg or "").split(",") if p.strip()]
   unknown = [p for p in presets if p not in known]
   if unknown:
-    raise ValueError(f"Unknown preset(s) {unknown}; this config knows {list(known)}.")
+    raise UnknownPresetError(unknown, known)
   return presets
 
 

@@ -50,19 +50,25 @@ def closest_keys(config: ml_collections.ConfigDict, key: str, n: int = 3) -> lis
   return close
 
 
-def _packaged_config(path: str) -> pathlib.Path | None:
-  """`configs/X.py` of the installed package, so the README's `--config configs/mae.py:smoke`
-  works from any directory: shipped as `ssl_jax.configs` by `pip install .` (pyproject.toml),
-  or the clone's configs/ beside the package (`pip install -e .`, PYTHONPATH)."""
-  parts = pathlib.PurePath(path).parts
-  if len(parts) < 2 or parts[0] != "configs":
-    return None
+def configs_dir() -> pathlib.Path | None:
+  """The method configs: the clone's configs/ beside the package (a clone, `pip install -e .`),
+  else the copy `pip install .` ships as `ssl_jax.configs` (pyproject.toml)."""
   package_dir = pathlib.Path(__file__).resolve().parent
-  for configs_dir in (package_dir / "configs", package_dir.parent / "configs"):
-    candidate = configs_dir.joinpath(*parts[1:])
-    if candidate.is_file():
+  for candidate in (package_dir.parent / "configs", package_dir / "configs"):
+    if (candidate / "common.py").is_file():
       return candidate
   return None
+
+
+def _packaged_config(path: str) -> pathlib.Path | None:
+  """`configs/X.py` of `configs_dir()`, so the README's `--config configs/mae.py:smoke` works
+  from any directory."""
+  parts = pathlib.PurePath(path).parts
+  directory = configs_dir()
+  if len(parts) < 2 or parts[0] != "configs" or directory is None:
+    return None
+  candidate = directory.joinpath(*parts[1:])
+  return candidate if candidate.is_file() else None
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -31,7 +31,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, distributed, metrics_io, trainer, viz
+from ssl_jax import catalog, config_lib, distributed, metrics_io, summary, trainer, viz
 from ssl_jax.data import prefetch, streams
 from ssl_jax.evaluators import runner
 
@@ -261,7 +261,7 @@ def main(argv, overrides=()):
                          "--config configs/mae.py:smoke --workdir /tmp/mae_smoke")
   config = load_config_with_overrides(spec, list(overrides))
   distributed.initialize_from_flags()
-  train_and_evaluate(config, workdir)
+  summary.print_closing_lines(train_and_evaluate(config, workdir), workdir)
 
 
 def _config_spec(argv: list[str]) -> str | None:
@@ -274,6 +274,9 @@ def _config_spec(argv: list[str]) -> str | None:
 
 
 def run():
+  if sys.argv[1:] == ["--list"]:
+    print(catalog.describe())
+    return
   rest, overrides = split_config_overrides(sys.argv)
   spec = _config_spec(rest)
   if spec:
