@@ -35,27 +35,9 @@ die() {
   exit 2
 }
 
-# Shell-quotes each argument (bare when safe, else in single quotes), space-separated.
-quote() {
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-      out+=("$arg")
-    else
-      out+=("'${arg//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
-# Prints a command (dry run), or runs it.
-run_cmd() {
-  if [ "$dry_run" = 1 ]; then
-    quote "$@"
-  else
-    "$@"
-  fi
-}
+# quote, run_cmd
+# shellcheck source=launch/dry_run.sh
+source "$repo/launch/dry_run.sh"
 
 # The training command line shared by every mode: CONFIG WORKDIR [overrides] -> argv.
 train_args() {

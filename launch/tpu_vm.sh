@@ -52,27 +52,9 @@ if [ -n "${TPU_PROJECT:-}" ]; then
   location+=(--project "$TPU_PROJECT")
 fi
 
-# Shell-quotes each argument (bare when safe, else in single quotes), space-separated.
-quote() {
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+~-]+$ ]]; then
-      out+=("$arg")
-    else
-      out+=("'${arg//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
-# Prints a command (dry run), or runs it.
-run_cmd() {
-  if [ "$dry_run" = 1 ]; then
-    quote "$@"
-  else
-    "$@"
-  fi
-}
+# quote, run_cmd
+# shellcheck source=launch/dry_run.sh
+source "$repo/launch/dry_run.sh"
 
 tpu() { run_cmd gcloud compute tpus tpu-vm "$@"; }
 queued() { run_cmd gcloud compute tpus queued-resources "$@"; }
