@@ -71,7 +71,8 @@ def input_normalisation(method) -> tuple[np.ndarray, np.ndarray]:
   out = np.asarray(method.eval_inputs(canvases), np.float64)
   black, white = out[0].mean(axis=(0, 1)), out[1].mean(axis=(0, 1))
   std = 1.0 / (white - black)
-  return -black * std, std
+  # float32 arithmetic leaves ~1e-8 noise; six decimals give back the configured constants.
+  return np.round(-black * std, 6), np.round(std, 6)
 
 
 def _classifier(config, path: tuple[str, ...], params: Any) -> tuple[Any, Any]:
