@@ -18,6 +18,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (configs/common.py, shared by every method's config)
 
+import ml_collections  # noqa: E402
+
 from ssl_jax import config_lib  # noqa: E402
 from ssl_jax.methods import dino  # noqa: E402
 
@@ -40,8 +42,18 @@ def get_config(arg: str = "digits"):
   config.optim.warmup_epochs = 10
   config.optim.end_lr = 1e-6           # dino --min_lr.
   config.optim.b1, config.optim.b2 = 0.9, 0.999  # torch AdamW defaults.
-  config.optim.weight_decay = 0.04     # Start of the cosine to method.weight_decay_end = 0.4.
-  config.optim.grad_clip_norm = 0.0    # DINO clips per tensor: method.clip_grad.
+  # utils.cosine_scheduler: warm-up np.linspace(start_warmup_value=0, lr, W), the peak at W - 1.
+  config.optim.warmup_start_lr, config.optim.warmup_linspace = 0.0, True
+  # Weight decay cosine 0.04 -> 0.4 over the run (--weight_decay, --weight_decay_end), on every
+  # tensor of rank > 1 (get_params_groups: position embedding and CLS token included).
+  config.optim.weight_decay = 0.04
+  config.optim.weight_decay_schedule, config.optim.weight_decay_end = "cosine", 0.4
+  config.optim.no_decay_names = ()
+  config.optim.grad_clip_norm = 0.0
+  config.optim.clip_per_tensor = 3.0   # --clip_grad, per parameter tensor.
+  # --freeze_last_layer: the head's last layer gets no gradient for the first epoch.
+  config.optim.groups.last_layer = ml_collections.ConfigDict(
+      dict(pattern="(.*/)?last_layer/.*", freeze_epochs=1.0))
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet",
                                              "vit_s16", "vit_s8", "vit_b16", "cpu"))
@@ -59,7 +71,7 @@ def get_config(arg: str = "digits"):
         # iterate" teacher), and the lr must stay low while the centre (momentum 0.9) catches
         # up with the teacher's common component, or every image is pushed to one prototype.
         m.momentum_teacher = 0.99
-        m.freeze_last_layer = 0.0
+        config.optim.groups.last_layer.freeze_epochs = 0.0
         config.optim.lr = 2e-3
         config.optim.warmup_epochs = 0
         config.optim.warmup_steps = 30
@@ -99,7 +111,7 @@ def get_config(arg: str = "digits"):
       m.norm_last_layer = False
       m.momentum_teacher = 0.996
       m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs = 0.04, 0.07, 30
-      m.freeze_last_layer = 1.0
+      config.optim.groups.last_layer.freeze_epochs = 1.0
       config.optim.lr = 5e-4
       config.optim.warmup_epochs = 10
       config.optim.end_lr = 1e-6
@@ -108,7 +120,7 @@ def get_config(arg: str = "digits"):
       common.full_size_vit(config)
     elif preset == "cpu":
       common.cpu_budget(config)
-      config.optim.weight_decay = 0.04   # -> method.weight_decay_end, DINO's cosine.
+      config.optim.weight_decay = 0.04   # -> optim.weight_decay_end, DINO's cosine.
       m.local_crops_number = 4
       m.out_dim, m.hidden_dim, m.bottleneck_dim = 1024, 512, 128
       # dino --use_bn_in_head: a random ViT's CLS features are nearly the same for every image,
@@ -120,7 +132,7 @@ def get_config(arg: str = "digits"):
       m.momentum_teacher = 0.99
       m.warmup_teacher_temp = m.teacher_temp = 0.04
       m.warmup_teacher_temp_epochs = 0
-      m.freeze_last_layer = 0.0
+      config.optim.groups.last_layer.freeze_epochs = 0.0
       for view in (m.global_view_1, m.global_view_2, m.local_view):
         view.blur_prob = 0.0             # No blur at 32 px (SimCLR B.9, solo-learn CIFAR).
   return config

@@ -18,6 +18,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (configs/common.py, shared by every method's config)
 
+import ml_collections  # noqa: E402
+
 from ssl_jax import config_lib  # noqa: E402
 from ssl_jax.methods import moco, views  # noqa: E402
 
@@ -35,6 +37,9 @@ def get_config(arg: str = "digits"):
   config.optim.weight_decay = 0.1
   config.optim.warmup_epochs = 40
   config.batch_size = 4096
+  # `--stop-grad-conv1` in the ViT recipes: the random patch projection is never trained.
+  config.optim.groups.patch_embed = ml_collections.ConfigDict(
+      dict(pattern="encoder/patch_embed/.*", frozen=True))
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:

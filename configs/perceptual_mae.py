@@ -23,6 +23,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (configs/common.py, shared by every method's config)
 
+import ml_collections  # noqa: E402
+
 from ssl_jax import config_lib  # noqa: E402
 from ssl_jax.methods import perceptual_mae  # noqa: E402
 
@@ -46,6 +48,14 @@ def get_config(arg: str = "digits"):
   config.optim.lr = 1.5e-4
   config.optim.b1, config.optim.b2 = 0.9, 0.95
   config.optim.weight_decay = 0.05
+  # The discriminator's own optimizer (authors: Adam, lr 1.5e-4, betas (0.9, 0.95), no weight
+  # decay, no schedule), its updates applied on steps 0, k, 2k, ... (its moments and count
+  # untouched on the others), k = method.discriminator_update_every.
+  config.optim.groups.discriminator = ml_collections.ConfigDict(dict(
+      pattern="discriminator/.*", name="adamw", lr=1.5e-4, lr_scaling="none",
+      schedule="constant", warmup_steps=0, warmup_epochs=0.0, end_lr=0.0, weight_decay=0.0,
+      b1=0.9, b2=0.95, momentum=0.9, trust_coefficient=0.001, grad_clip_norm=0.0,
+      update_every=config.method.get_ref("discriminator_update_every")))
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet",
                                              "vit_b16", "vit_l16", "msg", "dcgan", "cpu"))
@@ -61,7 +71,7 @@ def get_config(arg: str = "digits"):
       # The smallest discriminators that still see every scale: on a 64-wide 2-block ViT even
       # these cost as much as the generator (bench/pmae_vs_mae.py).
       _small_discriminators(config, msg_feature_size=16, dcgan_widths=(8, 16, 32))
-      m.discriminator_optim.lr = 1e-4
+      config.optim.groups.discriminator.lr = 1e-4
       # The sum the authors' gan_perceptual code actually computes (2 x L1, no SSIM; see
       # PerceptualMAELossWeights.authors_gan_perceptual_code_path): SSIM's depthwise 3x3
       # convolutions cost a third of this tiny step on CPU.
@@ -74,7 +84,7 @@ def get_config(arg: str = "digits"):
       config.optim.lr = 1.5e-3
       config.optim.warmup_steps = 50
       _small_discriminators(config, msg_feature_size=64, dcgan_widths=(32, 64, 128))
-      m.discriminator_optim.lr = 1e-4
+      config.optim.groups.discriminator.lr = 1e-4
     elif preset == "cifar10":
       common.cifar10_data(config)
       common.small_vit(config)
@@ -83,7 +93,7 @@ def get_config(arg: str = "digits"):
       config.optim.lr = 1.5e-3
       config.optim.warmup_epochs = 10
       _small_discriminators(config, msg_feature_size=64, dcgan_widths=(32, 64, 128))
-      m.discriminator_optim.lr = 1e-4
+      config.optim.groups.discriminator.lr = 1e-4
     elif preset == "imagenet":
       common.imagenet_data(config)
       config.batch_size = 4096
@@ -100,7 +110,7 @@ def get_config(arg: str = "digits"):
       config.optim.weight_decay = 0.0
       # Discriminator: the authors' Adam at the generator's (scaled) peak lr, as in their code
       # where both groups share lr 1.5e-4; constant after the same warm-up (no StepLR on D).
-      o = m.discriminator_optim
+      o = config.optim.groups.discriminator
       o.lr, o.lr_scaling, o.warmup_epochs = 1.5e-4, "linear", 40
       # The authors' discriminators at 224: MSG depth 6 / ndf 512, DCGAN with their layer stack.
       defaults = perceptual_mae.default_method_config().discriminator
@@ -119,6 +129,6 @@ def get_config(arg: str = "digits"):
       # The discriminator's lr follows the generator's cosine to 0: with a constant lr it kept
       # learning while the generator's lr vanished and won the last 40 of 300 steps (accuracy
       # real 0.55 -> 1.00, fake 0.69 -> 0.97), leaving the adversarial terms no signal.
-      m.discriminator_optim.schedule = "cosine"
-      m.discriminator_optim.warmup_steps = config.optim.warmup_steps
+      config.optim.groups.discriminator.schedule = "cosine"
+      config.optim.groups.discriminator.warmup_steps = config.optim.warmup_steps
   return config

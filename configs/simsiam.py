@@ -17,6 +17,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (configs/common.py, shared by every method's config)
 
+import ml_collections  # noqa: E402
+
 from ssl_jax import config_lib  # noqa: E402
 from ssl_jax.methods import byol, views  # noqa: E402
 
@@ -32,6 +34,9 @@ def get_config(arg: str = "digits"):
   config.optim.weight_decay = 1e-4
   config.optim.warmup_epochs = 0.0
   config.batch_size = 512
+  # `--fix-pred-lr` (Sec. 4.4): the predictor trains at the constant peak lr, no warm-up.
+  config.optim.groups.predictor = ml_collections.ConfigDict(
+      dict(pattern="predictor/.*", schedule="constant", warmup_steps=0, warmup_epochs=0.0))
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:

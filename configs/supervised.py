@@ -42,6 +42,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (configs/common.py, shared by every method's config)
 
+import ml_collections  # noqa: E402
+
 from ssl_jax import config_lib  # noqa: E402
 from ssl_jax.methods import supervised  # noqa: E402
 
@@ -115,7 +117,7 @@ def _finetune_mae(config, *, light_augmentation: bool = False) -> None:
   _mae_backbone(config)
   m.feature = "global_pool"
   m.head_init_std = 2e-5
-  m.layer_decay = 0.75 if _is_large_vit(config) else 0.65
+  config.optim.layer_decay = 0.75 if _is_large_vit(config) else 0.65
   config.model.drop_path_rate = {"vit_l16": 0.2, "vit_h14": 0.3}.get(config.model.name, 0.1)
   config.optim.name = "adamw"
   config.optim.b1, config.optim.b2 = 0.9, 0.999
@@ -142,7 +144,7 @@ def _linear_mae(config) -> None:
   m.feature = "pooled"
   config.model.pool = "cls"
   config.model.drop_path_rate = 0.0
-  m.layer_decay = 1.0
+  config.optim.layer_decay = 1.0
   m.head_batch_norm = True
   m.head_init_std = 0.01
   m.label_smoothing, m.mixup_alpha, m.cutmix_alpha, m.randaugment_layers = 0.0, 0.0, 0.0, 0
@@ -165,7 +167,7 @@ def _linear_dino(config) -> None:
   m.num_last_blocks = min(4, config.model.depth or 12)
   m.avgpool_patchtokens = False
   config.model.drop_path_rate = 0.0
-  m.layer_decay = 1.0
+  config.optim.layer_decay = 1.0
   m.head_batch_norm = False
   m.head_init_std = 0.01
   m.label_smoothing, m.mixup_alpha, m.cutmix_alpha, m.randaugment_layers = 0.0, 0.0, 0.0, 0
@@ -209,6 +211,10 @@ def get_config(arg: str = "digits"):
   config.optim.b1, config.optim.b2 = 0.9, 0.999
   config.optim.weight_decay = 0.05
   config.optim.lr = 1e-3
+  # Linear probes: the backbone gets no update at all (no state, no weight decay); the group
+  # follows method.freeze_backbone, which also runs the backbone in inference mode.
+  config.optim.groups.backbone = ml_collections.ConfigDict(
+      dict(pattern="encoder/.*", frozen=config.method.get_ref("freeze_backbone")))
 
   presets = common.parse_presets(arg, known=DATASETS + BACKBONES + RECIPES)
   datasets = [p for p in presets if p in DATASETS] or ["digits"]

@@ -164,6 +164,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     streams.parse_streams(config)
   except streams.StreamConfigError as e:
     raise ConfigError(str(e)) from None
+  from ssl_jax import optim  # Imports this module.
+  optim.check_groups(config.optim)
   accum = config.optim.grad_accum_steps
   if accum < 1 or config.batch_size % accum:
     raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1 and divide "
@@ -174,12 +176,14 @@ def _check_known_keys(config: ml_collections.ConfigDict) -> None:
   """Keys a config file added outside `method` must exist in base_config (typos in files).
 
   `method.*` belongs to each method and is checked by locking at override time instead;
-  `data.streams.*` is named by each config and checked by `streams.parse_streams`.
+  `data.streams.*` is named by each config and checked by `streams.parse_streams`;
+  `optim.groups.*` by `optim.check_groups`.
   """
   reference = base_config()
   known = set(_all_keys(reference))
   for key in _all_keys(config):
-    if key.split(".", 1)[0] == "method" or key.startswith("data.streams.") or key in known:
+    if (key.split(".", 1)[0] == "method" or key.startswith(("data.streams.", "optim.groups."))
+        or key in known):
       continue
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     if parent and parent not in known:
@@ -251,20 +255,35 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict()
   c.method.name = ""
 
+  # The optimizer of every parameter; `optim.groups.<name>` (ssl_jax/optim.py) change any of
+  # these keys for the parameters whose path matches the group's `pattern`.
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"        # adamw | lars | lamb | sgd
+  c.optim.name = "adamw"        # adamw | lars | lamb | sgd | larc_sgd (SwAV)
   c.optim.lr = 1.5e-4           # Base lr at batch 256; scaled by batch_size/256 if lr_scaling.
   c.optim.lr_scaling = "linear"  # linear | none
   c.optim.schedule = "cosine"   # cosine | constant
-  c.optim.warmup_steps = 0
+  c.optim.warmup_steps = 0      # Or warmup_epochs; not both.
   c.optim.warmup_epochs = 0.0
+  c.optim.warmup_start_lr = 0.0  # The lr at step 0 (absolute, not scaled).
+  # False: the peak is reached at warm-up step W (MAE, BYOL); True: np.linspace(start, peak, W),
+  # the peak at step W - 1 (DINO's cosine_scheduler, SwAV).
+  c.optim.warmup_linspace = False
   c.optim.end_lr = 0.0
   c.optim.weight_decay = 0.05
+  c.optim.weight_decay_schedule = "constant"  # constant | cosine (to weight_decay_end: DINO)
+  c.optim.weight_decay_end = 0.0
+  # No weight decay nor LARS adaptation on rank <= 1 params (biases, norms) and on these names.
+  c.optim.no_decay_1d = True
+  c.optim.no_decay_names = ("pos_embed", "cls_token", "mask_token", "dist_token",
+                            "decoder_pos_embed")
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
-  c.optim.momentum = 0.9        # sgd / lars
-  c.optim.trust_coefficient = 0.001  # lars
-  c.optim.grad_clip_norm = 0.0  # 0 disables clipping.
+  c.optim.momentum = 0.9        # sgd / lars / larc_sgd
+  c.optim.trust_coefficient = 0.001  # lars / larc_sgd
+  c.optim.grad_clip_norm = 0.0  # Global-norm clipping; 0 disables.
+  c.optim.clip_per_tensor = 0.0  # Each tensor's gradient clipped to this norm (DINO); 0 disables.
+  c.optim.layer_decay = 1.0     # Layer-wise lr decay of a ViT (BEiT/MAE fine-tuning); 1 = off.
+  c.optim.groups = ml_collections.ConfigDict()
   c.optim.grad_accum_steps = 1
 
   c.eval = ml_collections.ConfigDict()

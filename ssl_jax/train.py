@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import catalog, config_lib, distributed, metrics_io, summary, trainer, viz
+from ssl_jax import steps as steps_lib
 from ssl_jax.data import prefetch, streams
 from ssl_jax.evaluators import runner
 
@@ -74,13 +75,6 @@ class _Preemption:
     return bool(np.any(flags_all))
 
 
-def resolve_total_steps(config, steps_per_epoch: int) -> tuple[int, int]:
-  """(total_steps, steps_per_epoch) from `total_steps` or `epochs`."""
-  if config.total_steps > 0:
-    return int(config.total_steps), steps_per_epoch
-  return max(int(round(config.epochs * steps_per_epoch)), 1), steps_per_epoch
-
-
 def _check_finite(step: int, loss: float, checkpointer) -> None:
   if not np.isfinite(loss):
     last = checkpointer.latest_step()
@@ -102,7 +96,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     (workdir_path / "config.json").write_text(config_lib.to_json(config))
 
   data = streams.make_train_data(config)
-  total_steps, steps_per_epoch = resolve_total_steps(config, data.steps_per_epoch)
+  steps_per_epoch = data.steps_per_epoch
+  total_steps = steps_lib.total_steps(config, steps_per_epoch)
   setup = trainer.build(config, devices=devices, total_steps=total_steps,
                         steps_per_epoch=steps_per_epoch, num_classes=data.num_classes)
   mesh, method, schedule, train_step = setup.mesh, setup.method, setup.schedule, setup.step

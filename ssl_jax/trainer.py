@@ -131,12 +131,11 @@ def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoc
   method = build_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
   if config.eval.online_probe:
     method = online_probe.with_online_probe(method, num_classes)
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size,
-                                 total_steps=total_steps, steps_per_epoch=steps_per_epoch)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   sample = streams.batch_shapes(config)  # global shapes
   params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], init_rng, sample)
-  tx = method.make_optimizer(schedule, params_shape)
+  tx, schedule = optim.build_optimizer(config, params_shape, total_steps=total_steps,
+                                       steps_per_epoch=steps_per_epoch)
 
   def init_fn(rng, batch):
     params, method_state = method.init(rng, batch)

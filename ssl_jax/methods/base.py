@@ -1,7 +1,8 @@
 """The Method contract: what makes one training loop enough for every method.
 
-A method is a frozen dataclass of pure functions. The loop owns the optimizer, shardings,
-checkpoints and data; the method owns its model(s), its views of the batch, its loss and any
+A method is a frozen dataclass of pure functions. The loop owns the optimizer (built from
+`config.optim` by `ssl_jax.optim.build_optimizer`; a method's default parameter groups are set in
+its config file), shardings, checkpoints and data; the method owns its model(s), its views of the batch, its loss and any
 non-trainable state (EMA teachers, centres, queues, BatchNorm statistics).
 
     init(rng, batch)                        -> (params, state)
@@ -22,9 +23,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
-from ssl_jax import optim
 from ssl_jax.data import augment
 
 Params = Any
@@ -64,10 +63,6 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def features(self, params: Params, state: State, images: jax.Array) -> jax.Array:
     """[B, D] representation of uint8 canvas images, for k-NN and linear evaluation."""
-
-  def make_optimizer(self, learning_rate, params: Params) -> optax.GradientTransformation:
-    """The optimizer from `config.optim`; methods with several param groups override this."""
-    return optim.make_optimizer(self.config.optim, learning_rate=learning_rate, params=params)
 
   def visualize(self, params: Params, state: State, images: jax.Array,
                 rng: jax.Array) -> dict[str, jax.Array]:

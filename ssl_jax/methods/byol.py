@@ -16,9 +16,9 @@ SimSiam, as facebookresearch/simsiam `simsiam/builder.py` + `main_simsiam.py`:
   encoder: the stop-gradient on z alone prevents collapse;
 * two views from MoCo v2's recipe; loss = -1/2 [cos(p1, sg(z2)) + cos(p2, sg(z1))]
   (`losses.distillation.simsiam_loss`);
-* SGD, cosine schedule, and with `fix_predictor_lr` (the paper's default, Sec. 4.4) the predictor
-  trains at the constant peak learning rate (`--fix-pred-lr`: its `param_group['lr'] =
-  init_lr`), a second optax group without the schedule.
+* SGD, cosine schedule, and (the paper's default, Sec. 4.4) the predictor at the constant peak
+  learning rate (`--fix-pred-lr`: its `param_group['lr'] = init_lr`): configs/simsiam.py's
+  optimizer group `predictor`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ import dataclasses
 
 import jax
 import ml_collections
-import optax
-from flax import traverse_util
 
-from ssl_jax import optim
 from ssl_jax.losses import distillation
 from ssl_jax.methods import ema, joint_embedding, views
 from ssl_jax.models import heads
@@ -53,7 +50,6 @@ def default_simsiam_config() -> ml_collections.ConfigDict:
   m.proj_hidden_dim = 2048
   m.proj_dim = 2048
   m.pred_hidden_dim = 512        # The predictor's bottleneck.
-  m.fix_predictor_lr = True
   m.view = views.moco_v2_view(224)
   return m
 
@@ -98,13 +94,6 @@ class BYOL(joint_embedding.JointEmbeddingMethod):
     return loss, (metrics, new_state)
 
 
-def predictor_labels(params) -> dict:
-  """'predictor' for params['predictor'][...], 'scheduled' for everything else."""
-  flat = traverse_util.flatten_dict(params)
-  labels = {path: "predictor" if path[0] == "predictor" else "scheduled" for path in flat}
-  return traverse_util.unflatten_dict(labels)
-
-
 @dataclasses.dataclass(frozen=True)
 class SimSiam(joint_embedding.JointEmbeddingMethod):
   """SimSiam: each view's prediction regresses the other view's stop-gradient projection."""
@@ -120,15 +109,6 @@ class SimSiam(joint_embedding.JointEmbeddingMethod):
     return heads.MLPHead(num_layers=2, hidden_dim=m.pred_hidden_dim, out_dim=m.proj_dim,
                          hidden_batch_norm=True, output_norm="none", use_bias=True,
                          dtype=self.dtype)
-
-  def make_optimizer(self, learning_rate, params):
-    scheduled = super().make_optimizer(learning_rate, params)
-    if not self.config.method.fix_predictor_lr:
-      return scheduled
-    peak = optim.peak_learning_rate(self.config.optim, self.config.batch_size)
-    constant = optim.make_optimizer(self.config.optim, learning_rate=peak, params=params)
-    return optax.multi_transform({"scheduled": scheduled, "predictor": constant},
-                                 predictor_labels(params))
 
   def loss(self, params, state, batch, rng, step):
     del step

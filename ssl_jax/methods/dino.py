@@ -13,165 +13,30 @@ Semantics follow facebookresearch/dino `main_dino.py` (and `utils.py`, `vision_t
   sharpened teacher and the student over every (teacher crop t, student crop v != t) pair, the
   teacher temperature warmed up linearly per epoch, the centre an EMA (0.9) of the teacher logits;
 * teacher momentum cosine from `momentum_teacher` to 1 over the whole run, per iteration;
-* optimizer (`train_one_epoch`): AdamW, lr warm-up then cosine to `min_lr`, weight decay cosine
-  from `weight_decay` to `weight_decay_end` on every parameter of rank > 1 (`get_params_groups`),
-  gradients clipped per parameter tensor to norm `clip_grad` (`clip_gradients`), and the head's
-  last layer frozen (its gradient set to None, so AdamW skips it entirely) during the first
-  `freeze_last_layer` epochs (`cancel_gradients_last_layer`).
-
-The optimizer pieces here (`clip_each_by_norm`, `scheduled_weight_decay`, `skip_first_steps`,
-`freeze_for_steps`) are written for DINO and SwAV's "no gradient at all for a while" freezes.
+* optimizer (`train_one_epoch`), declared in configs/dino.py and built by ssl_jax/optim.py:
+  AdamW, lr warm-up from 0 (`np.linspace`, the peak at warm-up step W - 1) then cosine to
+  `min_lr`, weight decay cosine from `weight_decay` to `weight_decay_end` on every parameter of
+  rank > 1 (`get_params_groups`), gradients clipped per parameter tensor to norm `clip_grad`
+  (`clip_gradients`), and the head's last layer (group `last_layer`) frozen (its gradient set to
+  None, so AdamW skips it entirely) during the first `freeze_last_layer` epochs
+  (`cancel_gradients_last_layer`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
-from flax import traverse_util
 
-from ssl_jax import attention
+from ssl_jax import attention, optim
 from ssl_jax.data import augment
 from ssl_jax.losses import distillation, schedules
 from ssl_jax.methods import base, views
 from ssl_jax.models import heads, registry, vit
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer pieces.
-
-
-def clip_each_by_norm(max_norm: float) -> optax.GradientTransformation:
-  """Clips every parameter's gradient tensor to L2 norm `max_norm` on its own.
-
-  dino `utils.clip_gradients`: g *= clip / (||g|| + 1e-6) where that factor is below 1. Unlike
-  `optax.clip_by_global_norm`, one large tensor does not shrink the others.
-  """
-  if max_norm <= 0:
-    raise ValueError(f"clip_each_by_norm needs max_norm > 0, got {max_norm}.")
-
-  def update_fn(updates, state, params=None):
-    del params
-
-    def clip(g):
-      factor = max_norm / (jnp.linalg.norm(g.astype(jnp.float32)) + 1e-6)
-      return (g * jnp.minimum(factor, 1.0)).astype(g.dtype)
-
-    return jax.tree.map(clip, updates), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
-class ScheduleCountState(NamedTuple):
-  count: jax.Array
-
-
-def scheduled_weight_decay(schedule: Callable[[jax.Array], jax.Array]
-                           ) -> optax.GradientTransformation:
-  """Adds `schedule(count) * param` to the update of every parameter of rank > 1.
-
-  dino `get_params_groups` + `train_one_epoch`: biases and other 1-D parameters (norms) are not
-  regularised, every other tensor is, with the per-iteration weight decay of `wd_schedule`. Put
-  before `scale_by_learning_rate` this is torch AdamW's decoupled decay, p -= lr * wd * p.
-  """
-
-  def init_fn(params):
-    del params
-    return ScheduleCountState(count=jnp.zeros((), jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("scheduled_weight_decay needs the params: call tx.update(g, s, params).")
-    decay = schedule(state.count)
-    updates = jax.tree.map(
-        lambda u, p: u + (decay * p).astype(u.dtype) if p.ndim > 1 else u, updates, params)
-    return updates, ScheduleCountState(count=optax.safe_int32_increment(state.count))
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-class SkipFirstStepsState(NamedTuple):
-  count: jax.Array
-  inner_state: Any
-
-
-def skip_first_steps(inner: optax.GradientTransformation,
-                     num_steps: int) -> optax.GradientTransformation:
-  """`inner`, except that during the first `num_steps` updates it is not run at all.
-
-  While skipped, the update is zero and `inner`'s state (moments, step counts) stays as it was,
-  which is what torch does for a parameter whose `.grad` is None (dino
-  `cancel_gradients_last_layer`, swav's frozen prototypes): no moment decay, no weight decay, and
-  AdamW's bias correction later starts from that parameter's own first step.
-  """
-
-  def init_fn(params):
-    return SkipFirstStepsState(count=jnp.zeros((), jnp.int32), inner_state=inner.init(params))
-
-  def update_fn(updates, state, params=None):
-    new_updates, new_inner = inner.update(updates, state.inner_state, params)
-    skipped = state.count < num_steps
-    new_updates = jax.tree.map(lambda u: jnp.where(skipped, jnp.zeros_like(u), u), new_updates)
-    new_inner = jax.tree.map(lambda new, old: jnp.where(skipped, old, new), new_inner,
-                             state.inner_state)
-    return new_updates, SkipFirstStepsState(count=optax.safe_int32_increment(state.count),
-                                            inner_state=new_inner)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def shifted_schedule(schedule: Callable[[jax.Array], jax.Array],
-                     offset: int) -> Callable[[jax.Array], jax.Array]:
-  """schedule(count + offset): a group that starts `offset` steps late still follows the run's
-  global schedule (torch sets one lr per iteration for every group)."""
-  if offset == 0 or not callable(schedule):
-    return schedule
-  return lambda count: schedule(count + offset)
-
-
-def freeze_for_steps(make_tx: Callable[[int], optax.GradientTransformation], params: Any,
-                     is_frozen: Callable[[tuple[str, ...]], bool],
-                     num_steps: int) -> optax.GradientTransformation:
-  """One optimizer for every parameter, the ones `is_frozen(path)` skipped for `num_steps`.
-
-  `make_tx(offset)` builds the optimizer with its schedules read at `count + offset`: the frozen
-  group's own step counter starts only when it is released, at global step `num_steps`.
-  """
-  flat = traverse_util.flatten_dict(params)
-  labels = {path: "frozen" if is_frozen(path) else "trained" for path in flat}
-  if num_steps <= 0 or "frozen" not in labels.values():
-    return make_tx(0)
-  return optax.multi_transform(
-      {"trained": make_tx(0), "frozen": skip_first_steps(make_tx(num_steps), num_steps)},
-      traverse_util.unflatten_dict(labels))
-
-
-def dino_adamw(learning_rate: Callable[[jax.Array], jax.Array] | float,
-               weight_decay: Callable[[jax.Array], jax.Array], params: Any, *, b1: float = 0.9,
-               b2: float = 0.999, eps: float = 1e-8, clip_grad: float = 3.0,
-               freeze_last_layer_steps: int = 0) -> optax.GradientTransformation:
-  """DINO's optimizer: per-tensor clipping, torch AdamW with scheduled decay, frozen last layer.
-
-  The last layer is every parameter under a `last_layer` module (dino matches `"last_layer" in
-  name`).
-  """
-
-  def make_tx(offset):
-    return optax.chain(
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-        scheduled_weight_decay(shifted_schedule(weight_decay, offset)),
-        optax.scale_by_learning_rate(shifted_schedule(learning_rate, offset)))
-
-  tx = freeze_for_steps(make_tx, params, lambda path: "last_layer" in path,
-                        freeze_last_layer_steps)
-  if clip_grad:
-    tx = optax.chain(clip_each_by_norm(clip_grad), tx)
-  return tx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,10 +88,6 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.warmup_teacher_temp_epochs = 0
   m.student_temp = 0.1
   m.center_momentum = 0.9
-  # Optimisation extras (lr, warm-up, min_lr = end_lr, weight_decay start live in `optim`).
-  m.weight_decay_end = 0.4
-  m.clip_grad = 3.0              # Per parameter tensor; 0 disables.
-  m.freeze_last_layer = 1.0      # Epochs.
   # Multi-crop: the two global recipes and the local one.
   m.global_view_1 = dino_view(224, (0.4, 1.0), blur_prob=1.0)
   m.global_view_2 = dino_view(224, (0.4, 1.0), blur_prob=0.1, solarize_prob=0.2)
@@ -368,8 +229,9 @@ class DINO(base.Method):
     return schedules.teacher_momentum_schedule(step, self.total_steps, self._m.momentum_teacher)
 
   def weight_decay(self, step: jax.Array) -> jax.Array:
-    return schedules.weight_decay_schedule(step, self.total_steps, self.config.optim.weight_decay,
-                                           self._m.weight_decay_end)
+    """The base group's weight decay (configs/dino.py: cosine 0.04 -> 0.4), for the metrics."""
+    schedule = optim.weight_decay_schedule(self.config.optim, total_steps=self.total_steps)
+    return schedule(step) if callable(schedule) else jnp.asarray(schedule)
 
   def update_state(self, params, state, step):
     teacher = schedules.ema_update(state["teacher"], params, self.teacher_momentum(step))
@@ -384,20 +246,6 @@ class DINO(base.Method):
     out = self.teacher.apply(variables, self.eval_inputs(images), train=False,
                              method=EncoderWithHead.encode)
     return out["pooled"].astype(jnp.float32)
-
-  def make_optimizer(self, learning_rate, params):
-    optim_config = self.config.optim
-    if optim_config.name != "adamw":
-      raise ValueError(f"DINO trains with AdamW (main_dino.py's ViT recipe); got "
-                       f"optim.name={optim_config.name!r}. Set optim.name=adamw.")
-    if optim_config.grad_clip_norm:
-      raise ValueError("DINO clips each parameter tensor on its own: set method.clip_grad "
-                       f"(dino --clip_grad) and leave optim.grad_clip_norm at 0 (got "
-                       f"{optim_config.grad_clip_norm}).")
-    freeze_steps = int(round(float(self._m.freeze_last_layer) * self.steps_per_epoch))
-    return dino_adamw(learning_rate, self.weight_decay, params, b1=optim_config.b1,
-                      b2=optim_config.b2, clip_grad=float(self._m.clip_grad),
-                      freeze_last_layer_steps=freeze_steps)
 
   # -- Attention maps -------------------------------------------------------------------------
 

@@ -28,9 +28,9 @@ MoCo v3, as facebookresearch/moco-v3 `moco/builder.py` + `main_moco.py`:
   step (see `ema.EMATeacher.momentum_of_next_step`);
 * the BYOL pair of views; loss = ctr(q1, k2) + ctr(q2, k1), each InfoNCE over the global batch
   with T = 0.2, scaled by 2T (`losses.contrastive.moco_v3_loss`); no queue;
-* `freeze_patch_embed`: the ViT's random patch projection stays fixed (`--stop-grad-conv1`,
-  Sec. 4.2), implemented in the optimizer (`optax.set_to_zero` for params['encoder']
-  ['patch_embed']), so its weight decay is off too, as for a torch param without gradient.
+* the ViT's random patch projection stays fixed (`--stop-grad-conv1`, Sec. 4.2): configs/
+  moco_v3.py's frozen optimizer group `patch_embed` (no update, so no weight decay either, as
+  for a torch param without gradient).
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ import dataclasses
 
 import jax
 import ml_collections
-import optax
-from flax import traverse_util
 
 from ssl_jax.losses import contrastive, queue as queue_lib
 from ssl_jax.methods import ema, joint_embedding, views
@@ -68,7 +66,6 @@ def default_moco_v3_config() -> ml_collections.ConfigDict:
   m.proj_hidden_dim = 4096
   m.proj_dim = 256
   m.pred_hidden_dim = 4096
-  m.freeze_patch_embed = True    # `--stop-grad-conv1` in the ViT recipes.
   m.view1, m.view2 = views.moco_v3_views(224)
   return m
 
@@ -122,17 +119,6 @@ class MoCoV2(joint_embedding.JointEmbeddingMethod):
     return loss, (metrics, new_state)
 
 
-def patch_embed_frozen_labels(params) -> dict:
-  """'frozen' for params['encoder']['patch_embed'][...], 'trainable' for the rest."""
-  if "patch_embed" not in params.get("encoder", {}):
-    raise ValueError("method.freeze_patch_embed=True needs a ViT backbone (params['encoder']"
-                     "['patch_embed']); set it to False for a ResNet.")
-  flat = traverse_util.flatten_dict(params)
-  labels = {path: "frozen" if path[:2] == ("encoder", "patch_embed") else "trainable"
-            for path in flat}
-  return traverse_util.unflatten_dict(labels)
-
-
 @dataclasses.dataclass(frozen=True)
 class MoCoV3(joint_embedding.JointEmbeddingMethod):
   """MoCo v3: symmetric InfoNCE between predictor outputs and momentum-encoder projections."""
@@ -162,13 +148,6 @@ class MoCoV3(joint_embedding.JointEmbeddingMethod):
     return ema.EMATeacher(base_momentum=self.config.method.base_momentum,
                           total_steps=self.total_steps, schedule="cosine",
                           momentum_of_next_step=True)
-
-  def make_optimizer(self, learning_rate, params):
-    tx = super().make_optimizer(learning_rate, params)
-    if not self.config.method.freeze_patch_embed:
-      return tx
-    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
-                                 patch_embed_frozen_labels(params))
 
   def loss(self, params, state, batch, rng, step):
     temperature = joint_embedding.check_temperature(self.config.method.temperature)

@@ -12,10 +12,10 @@ is one inference pass of the backbone (no backward), a fraction of a training st
 forward and backward over two or more augmented views. Unlabelled records (label -1) do not
 count.
 
-The probe has its own optimizer, Adam at a constant `learning_rate`: the features' scale is not
-known in advance and keeps changing during pretraining, and Adam's steps do not depend on it; a
-constant rate lets the probe keep up until the last step. The wrapped method's optimizer sees
-its own params only, so its masks and parameter groups are untouched.
+The probe has its own optimizer group (`ssl_jax.optim.build_optimizer` adds it for
+`params[PROBE_KEY]`), Adam at a constant lr: the features' scale is not known in advance and
+keeps changing during pretraining, and Adam's steps do not depend on it; a constant rate lets the
+probe keep up until the last step. The wrapped method's groups and masks are untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import optax
 from ssl_jax.methods import base
 
 PROBE_KEY = "online_probe"
-DEFAULT_LEARNING_RATE = 1e-3
 
 
 def _split(params: Mapping) -> tuple[dict, Any]:
@@ -57,31 +56,11 @@ def probe_loss_and_accuracy(probe_params, features: jax.Array,
   return loss, accuracy
 
 
-def split_optimizer(method_tx: optax.GradientTransformation,
-                    probe_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`method_tx` on every top-level entry but the probe's, `probe_tx` on the probe's."""
-
-  def init(params):
-    inner, probe = _split(params)
-    return {"method": method_tx.init(inner), PROBE_KEY: probe_tx.init(probe)}
-
-  def update(updates, state, params=None):
-    inner_updates, probe_updates = _split(updates)
-    inner_params, probe_params = _split(params) if params is not None else (None, None)
-    inner_updates, method_state = method_tx.update(inner_updates, state["method"], inner_params)
-    probe_updates, probe_state = probe_tx.update(probe_updates, state[PROBE_KEY], probe_params)
-    return ({**inner_updates, PROBE_KEY: probe_updates},
-            {"method": method_state, PROBE_KEY: probe_state})
-
-  return optax.GradientTransformation(init, update)
-
-
 @dataclasses.dataclass(frozen=True)
 class OnlineProbe(base.Method):
   """`inner` plus a linear probe; see the module docstring."""
   inner: base.Method | None = None
   num_classes: int = 0
-  learning_rate: float = DEFAULT_LEARNING_RATE
 
   def __post_init__(self):
     if self.inner is None:
@@ -135,11 +114,6 @@ class OnlineProbe(base.Method):
   def visualize(self, params, state, images, rng):
     return self.inner.visualize(_split(params)[0], state, images, rng)
 
-  def make_optimizer(self, learning_rate, params):
-    inner_params, _ = _split(params)
-    return split_optimizer(self.inner.make_optimizer(learning_rate, inner_params),
-                           optax.adam(self.learning_rate))
-
   @property
   def eval_image_size(self) -> int:
     return self.inner.eval_image_size
@@ -148,9 +122,8 @@ class OnlineProbe(base.Method):
     return self.inner.eval_inputs(images)
 
 
-def with_online_probe(method: base.Method, num_classes: int | None, *,
-                      learning_rate: float = DEFAULT_LEARNING_RATE) -> OnlineProbe:
+def with_online_probe(method: base.Method, num_classes: int | None) -> OnlineProbe:
   """Wraps `method` with an online linear probe over `num_classes` classes."""
   return OnlineProbe(config=method.config, total_steps=method.total_steps,
                      steps_per_epoch=method.steps_per_epoch, inner=method,
-                     num_classes=num_classes, learning_rate=learning_rate)
+                     num_classes=num_classes)

@@ -10,7 +10,9 @@ are `ssl_jax.losses.perceptual`, the discriminators `ssl_jax.models.discriminato
 choice is listed with its source in docs/methods.md (Perceptual MAE).
 
 Params are `{'generator': MAE params, 'discriminator': discriminator params}`, stepped by two
-optax optimizers inside one `optax.multi_transform` (`make_optimizer`). The loss returned to the
+optimizers: `config.optim` for the generator and the group `optim.groups.discriminator` (the
+authors' Adam, its own schedule, applied every `discriminator_update_every` steps), declared in
+configs/perceptual_mae.py and built by ssl_jax/optim.py. The loss returned to the
 loop has the *value* of the generator's total (the loop logs it as `train/loss`) and the
 gradient of generator + discriminator objectives, where stop-gradients give each group exactly
 its own objective's gradient (`perceptual_mae_objective`).
@@ -34,9 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
-from ssl_jax import image_ops, optim, runs
+from ssl_jax import image_ops, runs
 from ssl_jax.losses import perceptual, reconstruction
 from ssl_jax.methods import base, mae
 from ssl_jax.models import discriminators, vit
@@ -88,22 +89,6 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.discriminator_update_every = 1
   m.feature_discriminator_refresh_epochs = 5
 
-  # Discriminator optimizer (authors: Adam, lr 1.5e-4, betas (0.9, 0.95), no weight decay, no
-  # schedule). Same keys as `optim`; built with ssl_jax.optim.
-  o = ml_collections.ConfigDict()
-  o.name = "adamw"
-  o.lr = 1.5e-4
-  o.lr_scaling = "none"
-  o.schedule = "constant"
-  o.warmup_steps = 0
-  o.warmup_epochs = 0.0
-  o.end_lr = 0.0
-  o.weight_decay = 0.0
-  o.b1, o.b2 = 0.9, 0.95
-  o.momentum = 0.9
-  o.trust_coefficient = 0.001
-  o.grad_clip_norm = 0.0
-  m.discriminator_optim = o
 
   # Frozen pretrained feature extractor for an extra perceptual + style term ("" = off).
   m.feature_extractor_workdir = ""
@@ -256,33 +241,6 @@ class PerceptualMAE(mae.MAE):
       # checkpointed) in the state, never in params, so no optimizer ever touches them.
       state["feature_extractor"] = jax.tree.map(jnp.asarray, self.feature_extractor.params)
     return params, state
-
-  def make_optimizer(self, learning_rate, params) -> optax.GradientTransformation:
-    """Generator: `config.optim` with the loop's schedule. Discriminator:
-    `method.discriminator_optim` with its own schedule, its updates applied only on steps
-    0, k, 2k, ... (k = `discriminator_update_every`; its Adam moments and count stay untouched
-    on the other steps). Both live in one `optax.multi_transform`.
-    """
-    if set(params) != {"generator", "discriminator"}:
-      raise ValueError("Perceptual MAE params must be {'generator', 'discriminator'}; got "
-                       f"{sorted(params)}.")
-    # Each inner optimizer sees the whole tree with the other group's leaves masked out, so
-    # its weight-decay mask is built on the whole tree too.
-    generator_tx = optim.make_optimizer(self.config.optim, learning_rate=learning_rate,
-                                        params=params)
-    disc_config = self.config.method.discriminator_optim
-    disc_schedule = optim.make_schedule(disc_config, batch_size=self.config.batch_size,
-                                        total_steps=self.total_steps,
-                                        steps_per_epoch=self.steps_per_epoch)
-    every = self.discriminator_update_every
-    discriminator_tx = optim.make_optimizer(disc_config, learning_rate=disc_schedule,
-                                            params=params)
-    if every > 1:
-      discriminator_tx = optax.transforms.conditionally_mask(
-          discriminator_tx, lambda count: count % every == 0)
-    labels = {group: jax.tree.map(lambda _, g=group: g, params[group]) for group in params}
-    return optax.multi_transform(
-        {"generator": generator_tx, "discriminator": discriminator_tx}, labels)
 
   def reconstruct(self, generator_params, images: jax.Array, rng: jax.Array, *,
                   train: bool) -> dict[str, jax.Array]:

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from ssl_jax import lr_decay, optim, runs, subtrees
+from ssl_jax import runs, subtrees
 from ssl_jax.data import augment, mixing, randaugment
 from ssl_jax.interop import timm as timm_interop
 from ssl_jax.methods import base
@@ -56,7 +56,9 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.init_from = ""              # Workdir or export dir of an ssl_jax run, or timm:FILE.safetensors
                                 # (ssl_jax.export --format timm, or public timm weights); "" = random.
   m.init_subtree = ""           # '/'-path of the backbone in those params; "" = found by shape.
-  m.freeze_backbone = False     # Linear probe: only the head trains.
+  # Linear probe: only the head trains (configs/supervised.py freezes the optimizer group
+  # `backbone` with it).
+  m.freeze_backbone = False
   # Head input: 'pooled' (the backbone's pooled output: model.pool for ViTs), 'last_blocks_cls'
   # (DINO: CLS of the last `num_last_blocks` blocks, each through the final norm, concatenated,
   # + mean patch token of the last one if `avgpool_patchtokens`), 'global_pool' (MAE
@@ -66,7 +68,6 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.avgpool_patchtokens = False
   m.head_batch_norm = False     # MAE linear probe: BatchNorm without affine before the head.
   m.head_init_std = 0.01        # Normal init of the head's kernel (MAE fine-tune: 2e-5).
-  m.layer_decay = 1.0           # Layer-wise lr decay (ViT); 1.0 = off. MAE: 0.65 (B), 0.75 (L).
   m.label_smoothing = 0.0
   m.mixup_alpha = 0.0           # 0 disables; MAE fine-tune: 0.8.
   m.cutmix_alpha = 0.0          # 0 disables; MAE fine-tune: 1.0.
@@ -124,13 +125,14 @@ class Supervised(base.Method):
     if m.num_classes < 2:
       raise ValueError(f"method.num_classes must be >= 2, got {m.num_classes}; set it to the "
                        "dataset's class count (10 for digits and CIFAR-10, 1000 for ImageNet).")
-    if not 0.0 < m.layer_decay <= 1.0:
-      raise ValueError(f"method.layer_decay must be in (0, 1], got {m.layer_decay}.")
-    if m.freeze_backbone and (m.layer_decay < 1.0 or self.config.model.drop_path_rate > 0):
-      raise ValueError("method.freeze_backbone trains only the head: set method.layer_decay=1.0 "
+    layer_decay = self.config.optim.layer_decay
+    if not 0.0 < layer_decay <= 1.0:
+      raise ValueError(f"optim.layer_decay must be in (0, 1], got {layer_decay}.")
+    if m.freeze_backbone and (layer_decay < 1.0 or self.config.model.drop_path_rate > 0):
+      raise ValueError("method.freeze_backbone trains only the head: set optim.layer_decay=1.0 "
                        "and model.drop_path_rate=0.0 (they act on the backbone).")
-    if not self.is_vit and (m.feature != "pooled" or m.layer_decay < 1.0):
-      raise ValueError(f"method.feature={m.feature!r} and method.layer_decay are defined for "
+    if not self.is_vit and (m.feature != "pooled" or layer_decay < 1.0):
+      raise ValueError(f"method.feature={m.feature!r} and optim.layer_decay are defined for "
                        f"ViT backbones; {self.config.model.name} supports feature='pooled' and "
                        "layer_decay=1.0.")
     if m.feature == "last_blocks_cls" and not 1 <= m.num_last_blocks <= self.encoder.depth:
@@ -329,17 +331,3 @@ class Supervised(base.Method):
     features, _ = self._encode(params, state, self.eval_inputs(images), train=False)
     logits, _ = self._classify(params, state, features, train=False)
     return logits
-
-  # Optimizer: frozen backbone and layer-wise lr decay.
-
-  def make_optimizer(self, learning_rate, params):
-    m = self.config.method
-    tx = optim.make_optimizer(self.config.optim, learning_rate=learning_rate, params=params)
-    if m.layer_decay < 1.0:
-      multipliers = lr_decay.layerwise_lr_multipliers(params, self.encoder.depth, m.layer_decay)
-      tx = optax.chain(tx, lr_decay.scale_by_layerwise_lr(multipliers))
-    if m.freeze_backbone:
-      labels = {key: jax.tree.map(lambda _, key=key: "frozen" if key == "encoder" else "head",
-                                  value) for key, value in params.items()}
-      tx = optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, labels)
-    return tx

@@ -10,9 +10,9 @@ Semantics follow facebookresearch/swav `main_swav.py`, `src/resnet50.py` and
 * network: backbone (once per resolution) -> projection MLP (2048, BN, ReLU, 128) on all crops
   together -> L2 normalisation -> prototypes (bias-free Linear, 3000 outputs);
 * the prototypes are L2-normalised before every forward pass (`w = normalize(w)` under no_grad):
-  here they are renormalised by the optimizer right after every update and the forward pass uses
-  their normalised value with a straight-through gradient, which is the same sequence of weights
-  and gradients;
+  here they are renormalised by the optimizer right after every update (configs/swav.py's group
+  `prototypes`, `project='unit_columns'`) and the forward pass uses their normalised value with a
+  straight-through gradient, which is the same sequence of weights and gradients;
 * loss (`ssl_jax.losses.distillation.swav_loss`): codes from Sinkhorn-Knopp (eps 0.05, 3
   iterations) over the global batch for each crop in `crops_for_assign`, predicted by every
   other crop with temperature 0.1;
@@ -20,10 +20,11 @@ Semantics follow facebookresearch/swav `main_swav.py`, `src/resnet50.py` and
   enqueued every step; once full, the queue's scores (against the current prototypes) join the
   batch's in Sinkhorn; its length is cut to a multiple of the global batch;
 * the prototypes get no gradient (and so no optimizer step at all) during the first
-  `freeze_prototypes_niters` iterations, here `freeze_prototypes_epochs` (313 iterations is one
+  `freeze_prototypes_niters` iterations, here the group's `freeze_epochs` (313 iterations is one
   epoch at batch 4096, 5005 one at batch 256);
-* optimizer: SGD (momentum 0.9, wd 1e-6) wrapped in LARC (trust 0.001, clip=False) over every
-  parameter, lr warm-up then cosine to `final_lr` (`optim.end_lr`).
+* optimizer (configs/swav.py, built by ssl_jax/optim.py): SGD (momentum 0.9, wd 1e-6) wrapped in
+  LARC (trust 0.001, clip=False) over every parameter (`optim.name='larc_sgd'`), lr warm-up
+  `np.linspace(start_warmup, base_lr, W)` then cosine to `final_lr` (`optim.end_lr`).
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
+from ssl_jax import steps
 from ssl_jax.data import augment
 from ssl_jax.losses import contrastive, distillation
 from ssl_jax.losses import queue as queue_lib
 from ssl_jax.methods import base, views
-from ssl_jax.methods import dino
 from ssl_jax.models import heads, registry
 
 
@@ -72,56 +72,12 @@ def straight_through_normalized(prototype_params: dict[str, jax.Array]) -> dict[
   swav normalises the weights in place and differentiates the loss at the normalised weights; a
   plain `normalize_prototypes` inside the loss would instead project the gradient onto the
   sphere's tangent plane. Since the optimizer keeps the stored weights normalised
-  (`renormalize_prototypes`), the value is unchanged and the gradient is exactly swav's.
+  (`ssl_jax.optim.project_unit_columns`), the value is unchanged and the gradient is exactly
+  swav's.
   """
   normalized = heads.normalize_prototypes(prototype_params)
   return jax.tree.map(lambda p, n: p + jax.lax.stop_gradient(n - p), prototype_params,
                       normalized)
-
-
-def renormalize_prototypes() -> optax.GradientTransformation:
-  """Changes the prototypes' update so that they land back on the unit sphere.
-
-  Placed last in the optimizer chain: params + update = normalize(params + raw update), i.e.
-  swav's "normalize the prototypes" at the start of the next iteration, done at the end of this
-  one.
-  """
-
-  def update_fn(updates, state, params=None):
-    if params is None or "prototypes" not in params:
-      raise ValueError("renormalize_prototypes needs params with a 'prototypes' entry.")
-    stepped = jax.tree.map(jnp.add, params["prototypes"], updates["prototypes"])
-    landed = heads.normalize_prototypes(stepped)
-    new = jax.tree.map(jnp.subtract, landed, params["prototypes"])
-    return {**updates, "prototypes": new}, state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
-def scale_by_larc(trust_coefficient: float, weight_decay: float,
-                  eps: float = 1e-8) -> optax.GradientTransformation:
-  """apex `LARC(clip=False)` around SGD's weight decay, on every parameter.
-
-  Per tensor, where ||p|| > 0 and ||g|| > 0:
-    g <- (g + wd p) * trust * ||p|| / (||g|| + wd ||p|| + eps),
-  and g unchanged otherwise. Follow with `optax.trace(momentum)` and `scale_by_learning_rate`
-  for torch SGD (buf = m buf + g; p -= lr buf).
-  """
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("scale_by_larc needs the params: call tx.update(g, s, params).")
-
-    def scale(g, p):
-      param_norm = jnp.linalg.norm(p.astype(jnp.float32))
-      grad_norm = jnp.linalg.norm(g.astype(jnp.float32))
-      ratio = trust_coefficient * param_norm / (grad_norm + param_norm * weight_decay + eps)
-      adapted = (g + weight_decay * p) * ratio
-      return jnp.where((param_norm > 0) & (grad_norm > 0), adapted, g).astype(g.dtype)
-
-    return jax.tree.map(scale, updates, params), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def swav_view(size: int, crop_scale: tuple[float, float]) -> ml_collections.ConfigDict:
@@ -145,7 +101,6 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.crops_for_assign = (0, 1)
   m.queue_length = 0             # 0: no queue. Cut to a multiple of the global batch.
   m.epoch_queue_starts = 15
-  m.freeze_prototypes_epochs = 1.0
   m.global_view = swav_view(224, (0.14, 1.0))
   m.global_crops_number = 2
   m.local_view = swav_view(96, (0.05, 0.14))
@@ -216,11 +171,7 @@ class SwAV(base.Method):
 
   @property
   def queue_start_step(self) -> int:
-    return int(self._m.epoch_queue_starts) * self.steps_per_epoch
-
-  @property
-  def freeze_prototypes_steps(self) -> int:
-    return int(round(float(self._m.freeze_prototypes_epochs) * self.steps_per_epoch))
+    return steps.epochs_to_steps(int(self._m.epoch_queue_starts), self.steps_per_epoch)
 
   @property
   def eval_image_size(self) -> int:
@@ -312,26 +263,3 @@ class SwAV(base.Method):
     out = self.network.apply(variables, self.eval_inputs(images), train=False,
                              method=SwAVNetwork.encode)
     return out["pooled"].astype(jnp.float32)
-
-  def make_optimizer(self, learning_rate, params):
-    optim_config = self.config.optim
-    if optim_config.grad_clip_norm:
-      raise ValueError("SwAV does not clip gradients; leave optim.grad_clip_norm at 0 (got "
-                       f"{optim_config.grad_clip_norm}).")
-    if optim_config.name == "lars":
-      make_tx = lambda offset: optax.chain(
-          scale_by_larc(optim_config.trust_coefficient, optim_config.weight_decay),
-          optax.trace(decay=optim_config.momentum),
-          optax.scale_by_learning_rate(dino.shifted_schedule(learning_rate, offset)))
-    elif optim_config.name == "adamw":
-      # For ViT backbones; decays every tensor of rank > 1 (biases and norms excluded).
-      make_tx = lambda offset: optax.adamw(
-          dino.shifted_schedule(learning_rate, offset), b1=optim_config.b1, b2=optim_config.b2,
-          weight_decay=optim_config.weight_decay,
-          mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
-    else:
-      raise ValueError(f"SwAV trains with optim.name='lars' (swav: SGD + LARC) or 'adamw'; "
-                       f"got {optim_config.name!r}.")
-    tx = dino.freeze_for_steps(make_tx, params, lambda path: path[0] == "prototypes",
-                               self.freeze_prototypes_steps)
-    return optax.chain(tx, renormalize_prototypes())
