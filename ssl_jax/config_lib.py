@@ -295,4 +295,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256
   c.eval.num_vis_images = 8
   c.eval.online_probe = False   # Linear head on stop-gradient features, trained alongside.
+  c.eval.online_probe_lr = 1e-3  # Its Adam's constant lr (ssl_jax/optim.py, group online_probe).
   return c

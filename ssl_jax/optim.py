@@ -67,9 +67,9 @@ GROUP_ONLY_DEFAULTS = {
 # The base `optim` keys that are not per-group settings.
 _RUN_KEYS = ("groups", "grad_accum_steps")
 
-# The online probe's group (params[PROBE_KEY]): Adam, constant lr, no decay, no clipping.
-PROBE_LEARNING_RATE = 1e-3
-PROBE_GROUP = dict(name="adamw", lr=PROBE_LEARNING_RATE, lr_scaling="none", schedule="constant",
+# The online probe's group (params[PROBE_KEY]): Adam at the constant `eval.online_probe_lr`, no
+# weight decay, no clipping.
+PROBE_GROUP = dict(name="adamw", lr_scaling="none", schedule="constant",
                    warmup_steps=0, warmup_epochs=0.0, warmup_start_lr=0.0, end_lr=0.0,
                    weight_decay=0.0, weight_decay_schedule="constant", b1=0.9, b2=0.999,
                    grad_clip_norm=0.0, clip_per_tensor=0.0, layer_decay=1.0)
@@ -444,6 +444,7 @@ def build_optimizer(config, params: Any, *, total_steps: int, steps_per_epoch: i
   settings = group_settings(config.optim)
   if isinstance(params, Mapping) and PROBE_KEY in params:
     settings[PROBE_KEY] = {**settings["base"], **GROUP_ONLY_DEFAULTS, **PROBE_GROUP,
+                           "lr": float(config.eval.online_probe_lr),
                            "pattern": f"{PROBE_KEY}/.*"}
   labels = assign_groups(params, settings)
   depth = _vit_depth(params) if any(s["layer_decay"] < 1.0 for s in settings.values()) else 0

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
+<<<<<<< HEAD
 from ssl_jax import config_lib, evaluate, report, runs
+=======
+from ssl_jax import config_lib, evaluate, optim, report
+>>>>>>> 9d91223 (tests: optimizers through optim.build_optimizer; schedule tests against the official DINO/SwAV/MAE/BYOL formulas; step resolver and group errors)
 from ssl_jax.methods import build_method
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -24,7 +28,7 @@ def workdir(tmp_path_factory):
   method = build_method(config)
   batch = {"image": np.zeros((8, 32, 32, 3), np.uint8), "label": np.zeros((8,), np.int32)}
   params, state = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
-  tx = method.make_optimizer(1e-3, params)
+  tx, _ = optim.build_optimizer(config, params, total_steps=10, steps_per_epoch=10)
   train_state = {"step": np.int32(STEP), "params": params, "opt_state": tx.init(params),
                  "method_state": state}
   checkpointer = ckpt_lib.Checkpointer(str(workdir))

@@ -361,37 +361,40 @@ def first_update(tx, params):
   return jax.jit(lambda p: tx.update(jax.tree.map(jnp.ones_like, p), tx.init(p), p)[0])(params)
 
 
+def constant_lr_optimizer(config, params):
+  """`config.optim` at a constant lr 1e-2 from step 0 (no warm-up), over 100 steps."""
+  config = config_lib.from_json(config_lib.to_json(config))
+  config.optim.lr, config.optim.lr_scaling, config.optim.schedule = 1e-2, "none", "constant"
+  config.optim.warmup_steps = config.optim.warmup_epochs = 0
+  return optim.build_optimizer(config, params, total_steps=100, steps_per_epoch=10)[0]
+
+
 def test_moco_v3_freezes_the_random_patch_projection_in_the_optimizer():
   config = tiny_config("moco_v3")
-  method = build_method(config)
   params, _ = initial_variables("moco_v3")
-  updates = first_update(method.make_optimizer(optax.constant_schedule(1e-2), params), params)
+  updates = first_update(constant_lr_optimizer(config, params), params)
   assert all(not np.any(u) for u in jax.tree.leaves(updates["encoder"]["patch_embed"]))
   assert np.any(updates["encoder"]["blocks_0"]["attn"]["qkv"]["kernel"])
   assert np.any(updates["predictor"]["linear_0"]["kernel"])
 
-  config.method.freeze_patch_embed = False
-  updates = first_update(
-      build_method(config).make_optimizer(optax.constant_schedule(1e-2), params), params)
+  config.optim.groups.patch_embed.frozen = False
+  updates = first_update(constant_lr_optimizer(config, params), params)
   assert np.all(np.asarray(updates["encoder"]["patch_embed"]["kernel"]) != 0)
 
-  config.model.name = "resnet18"
-  config.method.freeze_patch_embed = True
-  with pytest.raises(ValueError, match="needs a ViT backbone"):
-    build_method(config).make_optimizer(
-        optax.constant_schedule(1e-2), {"encoder": {"stem": {}}, "projector": {}})
+  config.optim.groups.patch_embed.frozen = True
+  with pytest.raises(config_lib.ConfigError, match=r"\['patch_embed'\] match no parameter"):
+    constant_lr_optimizer(config, {"encoder": {"stem": {"kernel": jnp.ones((3, 3))}},
+                                   "projector": {}})
 
 
 def test_simsiam_predictor_trains_at_the_constant_peak_learning_rate():
   config = tiny_config("simsiam")
   config.optim.name, config.optim.lr, config.optim.weight_decay = "sgd", 0.05, 1e-4
   config.optim.warmup_steps = 10
-  method = build_method(config)
   params, _ = initial_variables("simsiam")
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size, total_steps=100,
-                                 steps_per_epoch=10)
+  tx, schedule = optim.build_optimizer(config, params, total_steps=100, steps_per_epoch=10)
   assert float(schedule(0)) == 0.0   # Warm-up starts at 0.
-  updates = first_update(method.make_optimizer(schedule, params), params)
+  updates = first_update(tx, params)
   peak = 0.05 * config.batch_size / 256
   kernel = params["predictor"]["linear_0"]["kernel"]
   # First SGD step: -lr * (g + wd * w) on decayed (matrix) params.
@@ -400,8 +403,10 @@ def test_simsiam_predictor_trains_at_the_constant_peak_learning_rate():
   assert all(not np.any(u) for u in jax.tree.leaves(updates["encoder"]))
   assert all(not np.any(u) for u in jax.tree.leaves(updates["projector"]))
 
-  config.method.fix_predictor_lr = False
-  updates = first_update(build_method(config).make_optimizer(schedule, params), params)
+  config.optim.groups.predictor.schedule = "cosine"    # The predictor warms up too.
+  config.optim.groups.predictor.warmup_steps = 10
+  tx, _ = optim.build_optimizer(config, params, total_steps=100, steps_per_epoch=10)
+  updates = first_update(tx, params)
   assert all(not np.any(u) for u in jax.tree.leaves(updates["predictor"]))
 
 

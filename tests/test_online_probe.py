@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, optim
 from ssl_jax.data import sources
 from ssl_jax.methods import base, build_method, online_probe
 
@@ -113,17 +113,25 @@ def test_unlabelled_records_do_not_count_in_the_probe_loss():
   assert float(metrics["online_probe_acc"]) == pytest.approx(np.mean(kept == 0), rel=1e-6)
 
 
+def constant_lr_config(lr: float, probe_lr: float):
+  config = config_lib.base_config()
+  config.optim.lr, config.optim.lr_scaling, config.optim.schedule = lr, "none", "constant"
+  config.eval.online_probe_lr = probe_lr
+  return config
+
+
 def test_the_optimizer_splits_the_method_and_the_probe():
-  inner = toy()
-  method = online_probe.with_online_probe(inner, num_classes=10, learning_rate=0.01)
+  config = constant_lr_config(0.1, probe_lr=0.01)
+  inner = LinearAutoencoder(config=config)
+  method = online_probe.with_online_probe(inner, num_classes=10)
   images, labels = digits()
   batch = {"image": images[:8], "label": labels[:8]}
   params, _ = method.init(jax.random.PRNGKey(0), batch)
   grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
-  tx = method.make_optimizer(optax.constant_schedule(0.1), params)
+  tx, _ = optim.build_optimizer(config, params, total_steps=10, steps_per_epoch=10)
   updates, _ = tx.update(grads, tx.init(params), params)
   inner_params = {k: v for k, v in params.items() if k != "online_probe"}
-  inner_tx = inner.make_optimizer(optax.constant_schedule(0.1), inner_params)
+  inner_tx, _ = optim.build_optimizer(config, inner_params, total_steps=10, steps_per_epoch=10)
   inner_grads = {k: v for k, v in grads.items() if k != "online_probe"}
   inner_updates, _ = inner_tx.update(inner_grads, inner_tx.init(inner_params), inner_params)
   for name in ("encoder", "decoder"):
@@ -133,10 +141,12 @@ def test_the_optimizer_splits_the_method_and_the_probe():
 
 
 def test_the_probe_learns_the_labels_of_fixed_features():
-  method = online_probe.with_online_probe(toy(width=64), num_classes=10, learning_rate=0.01)
+  config = constant_lr_config(0.0, probe_lr=0.01)  # The method itself frozen.
+  method = online_probe.with_online_probe(LinearAutoencoder(config=config, width=64),
+                                          num_classes=10)
   images, labels = digits()
   params, state = method.init(jax.random.PRNGKey(0), {"image": images[:8], "label": labels[:8]})
-  tx = method.make_optimizer(optax.constant_schedule(0.0), params)  # the method itself frozen
+  tx, _ = optim.build_optimizer(config, params, total_steps=10, steps_per_epoch=10)
   opt_state = tx.init(params)
 
   @jax.jit

@@ -141,7 +141,7 @@ def test_optimizers_update_ratio_copy_refresh_and_checkpoint_resume(tmp_path):
   step 2 reproduces steps 3 and 4 exactly."""
   config = _config("perceptual_mae.py:smoke,dcgan", TINY + [
       "batch_size=8", "optim.warmup_steps=0", "method.discriminator_update_every=2",
-      "method.feature_discriminator_refresh_epochs=2", "method.discriminator_optim.lr=1e-3"])
+      "method.feature_discriminator_refresh_epochs=2", "optim.groups.discriminator.lr=1e-3"])
   setup = trainer.build(config, devices=jax.devices()[:1], total_steps=4, steps_per_epoch=2)
   batch = setup.global_batch({k: np.asarray(v) for k, v in _batch(8).items()})
   train_state, shardings, step_fn = setup.init_state(), setup.shardings, setup.step

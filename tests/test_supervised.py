@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, runs, subtrees, train
+from ssl_jax import config_lib, optim, runs, subtrees, train
 from ssl_jax.data import sources, subsets
 from ssl_jax.methods import build_method
 from ssl_jax.models import vit
@@ -129,11 +129,12 @@ def test_init_from_mismatch_and_bad_path_are_clear_errors(tmp_path):
 
 def test_layerwise_decay_scales_each_blocks_update():
   config = load("configs/supervised.py:smoke", **{
-      "method.layer_decay": 0.5, "optim.name": "sgd", "optim.momentum": 0.0,
-      "optim.weight_decay": 0.0})
+      "optim.layer_decay": 0.5, "optim.name": "sgd", "optim.momentum": 0.0,
+      "optim.weight_decay": 0.0, "optim.lr": 1.0, "optim.lr_scaling": "none",
+      "optim.schedule": "constant", "optim.warmup_steps": 0})
   method = build_method(config)
   params = random_like(abstract_init(method)[0])
-  tx = method.make_optimizer(1.0, params)
+  tx, _ = optim.build_optimizer(config, params, total_steps=10, steps_per_epoch=10)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   # Depth 2: layers 0 (embeddings), 1-2 (blocks), 3 (final norm, head); multiplier 0.5^(3 - l).
@@ -158,7 +159,7 @@ def test_frozen_backbone_trains_only_the_head():
   # BatchNorm without affine: no params, running statistics move toward the batch's.
   assert set(params) == {"encoder", "head"}
   assert float(jnp.abs(new_state["batch_stats"]["head_norm"]["mean"]).max()) > 0.0
-  tx = method.make_optimizer(0.1, params)
+  tx, _ = optim.build_optimizer(config, params, total_steps=10, steps_per_epoch=10)
   opt_state = tx.init(params)
   updates, _ = tx.update(grads, opt_state, params)
   assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates["encoder"]))
@@ -207,10 +208,10 @@ def test_bad_method_settings_are_rejected():
   with pytest.raises(ValueError, match="method.feature"):
     build_method(load("configs/supervised.py:smoke", **{"method.feature": "cls"}))
   with pytest.raises(ValueError, match="freeze_backbone trains only the head"):
-    build_method(load("configs/supervised.py:smoke,linear_mae", **{"method.layer_decay": 0.7}))
+    build_method(load("configs/supervised.py:smoke,linear_mae", **{"optim.layer_decay": 0.7}))
   with pytest.raises(ValueError, match="defined for ViT"):
     build_method(load("configs/supervised.py:smoke", **{"model.name": "resnet18",
-                                                        "method.layer_decay": 0.7}))
+                                                        "optim.layer_decay": 0.7}))
 
 
 def test_presets_combine_in_a_fixed_order():
@@ -220,7 +221,7 @@ def test_presets_combine_in_a_fixed_order():
   imagenet = load("configs/supervised.py:linear_mae,vit_b16,imagenet")
   assert (imagenet.batch_size, imagenet.epochs, imagenet.optim.name) == (16384, 90, "lars")
   large = load("configs/supervised.py:finetune_mae,vit_l16,imagenet")
-  assert (large.method.layer_decay, large.model.drop_path_rate, large.epochs) == (0.75, 0.2, 50)
+  assert (large.optim.layer_decay, large.model.drop_path_rate, large.epochs) == (0.75, 0.2, 50)
   semi = load("configs/supervised.py:semi_1pct,digits")
   assert semi.data.train_subset == "fraction:0.01" and semi.batch_size == 16
   with pytest.raises(ValueError, match="one dataset"):

@@ -13,7 +13,7 @@ forward and backward over two or more augmented views. Unlabelled records (label
 count.
 
 The probe has its own optimizer group (`ssl_jax.optim.build_optimizer` adds it for
-`params[PROBE_KEY]`), Adam at a constant lr: the features' scale is not known in advance and
+`params[PROBE_KEY]`), Adam at the constant `eval.online_probe_lr`: the features' scale is not known in advance and
 keeps changing during pretraining, and Adam's steps do not depend on it; a constant rate lets the
 probe keep up until the last step. The wrapped method's groups and masks are untouched.
 """
