@@ -45,6 +45,7 @@ import optax
 from flax import traverse_util
 
 from ssl_jax import config_lib, lr_decay, steps
+from ssl_jax.losses import schedules
 from ssl_jax.methods.online_probe import PROBE_KEY
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -165,8 +166,8 @@ def weight_decay_schedule(settings: Mapping[str, Any], *, total_steps: int) -> f
   if rule == "constant":
     return float(settings["weight_decay"])
   if rule == "cosine":
-    return warmup_cosine(peak=float(settings["weight_decay"]), total_steps=total_steps,
-                         warmup_steps=0, end_value=float(settings["weight_decay_end"]))
+    start, end = float(settings["weight_decay"]), float(settings["weight_decay_end"])
+    return lambda count: schedules.cosine_schedule(count, total_steps, start, end)
   raise config_lib.ConfigError(f"optim.weight_decay_schedule must be 'constant' or 'cosine', "
                                f"got {rule!r}.")
 

@@ -267,8 +267,9 @@ def test_momentum_and_weight_decay_schedules_match_dino_tables():
   momentum = jax.vmap(functools.partial(schedules.teacher_momentum_schedule, total_steps=total))(
       jnp.arange(total))
   np.testing.assert_allclose(momentum, _dino_cosine_scheduler(0.996, 1.0, total), rtol=1e-6)
-  weight_decay = jax.vmap(functools.partial(schedules.weight_decay_schedule, total_steps=total))(
-      jnp.arange(total))
+  # DINO's weight decay (--weight_decay 0.04, --weight_decay_end 0.4; ssl_jax/optim.py).
+  weight_decay = jax.vmap(functools.partial(schedules.cosine_schedule, total_steps=total,
+                                            base_value=0.04, final_value=0.4))(jnp.arange(total))
   np.testing.assert_allclose(weight_decay, _dino_cosine_scheduler(0.04, 0.4, total), rtol=1e-5)
 
 

@@ -159,6 +159,7 @@ def test_frozen_backbone_trains_only_the_head():
   # BatchNorm without affine: no params, running statistics move toward the batch's.
   assert set(params) == {"encoder", "head"}
   assert float(jnp.abs(new_state["batch_stats"]["head_norm"]["mean"]).max()) > 0.0
+  config.optim.schedule, config.optim.warmup_steps = "constant", 0  # A non-zero lr at step 0.
   tx, _ = optim.build_optimizer(config, params, total_steps=10, steps_per_epoch=10)
   opt_state = tx.init(params)
   updates, _ = tx.update(grads, opt_state, params)

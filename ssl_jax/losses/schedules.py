@@ -40,13 +40,6 @@ def teacher_momentum_schedule(step: int | jax.Array, total_steps: int,
   return cosine_schedule(step, total_steps, base_momentum, 1.0)
 
 
-def weight_decay_schedule(step: int | jax.Array, total_steps: int,
-                          base_weight_decay: float = 0.04,
-                          final_weight_decay: float = 0.4) -> jax.Array:
-  """DINO's weight decay, cosine from 0.04 to 0.4 (dino `--weight_decay`, `--weight_decay_end`)."""
-  return cosine_schedule(step, total_steps, base_weight_decay, final_weight_decay)
-
-
 def teacher_temperature_schedule(epoch: int | jax.Array, warmup_temperature: float = 0.04,
                                  final_temperature: float = 0.07,
                                  warmup_epochs: int = 30) -> jax.Array:
