@@ -9,9 +9,9 @@ parameters that differ (big_vision's `schedule` / `lr_mults`):
 
 A group's `pattern` is a regular expression that must match the whole '/'-joined param path
 (`encoder/blocks_3/attn/qkv/kernel`); its other keys replace the base `optim` keys of the same
-name for its parameters (GROUP_KEYS lists every key a group may set). A parameter in no group
-follows the base keys. A parameter matched by two groups, a group that matches nothing and an
-unknown group key are config errors: groups live in a ConfigDict, whose keys have no order
+name for its parameters (`group_keys` lists every key a group may set). A parameter in no group
+follows the base keys; `pattern=''` disables a group. A parameter matched by two groups, a group
+that matches nothing and an unknown group key are config errors: groups live in a ConfigDict, whose keys have no order
 (the run's config.json sorts them), so "first match wins" would depend on the spelling.
 
 Recipes (papers and official codes): AdamW (MAE, DINO, MoCo v3), LARS (SimCLR, BYOL, MAE linear
@@ -56,7 +56,7 @@ PROJECTIONS = ("", "unit_columns")
 
 # Keys only a group has, with the value a parameter outside every group gets.
 GROUP_ONLY_DEFAULTS = {
-    "pattern": "",            # Regex, full match of the '/'-joined param path.
+    "pattern": "",            # Regex, full match of the '/'-joined path; '' disables the group.
     "frozen": False,          # Never updated (no optimizer state, no weight decay).
     "lr_mult": 1.0,           # Multiplies the group's updates (weight-decay term included).
     "freeze_steps": 0,        # Not updated at all during the first N steps (or epochs) ...
@@ -89,7 +89,7 @@ def check_groups(optim_config) -> None:
     if not isinstance(group, (Mapping, ml_collections.ConfigDict)):
       raise config_lib.ConfigError(f"optim.groups.{name} must be a ConfigDict of group keys, "
                                    f"got {group!r}.")
-    if not group.get("pattern"):
+    if "pattern" not in group:
       raise config_lib.ConfigError(f"optim.groups.{name} has no 'pattern' (a regex matching "
                                    "the whole '/'-joined param path, e.g. 'predictor/.*').")
     for key in group.keys():
@@ -324,7 +324,7 @@ def group_settings(optim_config) -> dict[str, dict[str, Any]]:
 def assign_groups(params: Any, settings: Mapping[str, Mapping[str, Any]]) -> dict:
   """{path tuple: group name} for every param leaf, from the groups' patterns."""
   patterns = {name: re.compile(s["pattern"]) for name, s in settings.items()
-              if name not in ("base", PROBE_KEY)}
+              if name not in ("base", PROBE_KEY) and s["pattern"]}
   labels, used = {}, set()
   for path in traverse_util.flatten_dict(params):
     joined = "/".join(path)
@@ -343,7 +343,7 @@ def assign_groups(params: Any, settings: Mapping[str, Mapping[str, Any]]) -> dic
     raise config_lib.ConfigError(
         f"optim.groups {unused} match no parameter (pattern "
         f"{settings[unused[0]]['pattern']!r}); patterns must match the whole '/'-joined path, "
-        f"e.g. {example!r}.")
+        f"e.g. {example!r}; --config.optim.groups.{unused[0]}.pattern='' disables the group.")
   return labels
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from ssl_jax import config_lib, optim, steps
@@ -226,6 +227,9 @@ def test_bad_patterns_are_config_errors():
   with pytest.raises(config_lib.ConfigError,
                      match=r"optim.groups \['head'\] match no parameter \(pattern 'heads/\.\*'\)"):
     optim.build_optimizer(config, PARAMS, total_steps=10, steps_per_epoch=1)
+  config.optim.groups.head.pattern = ""  # Disabled: a plain optimizer over every parameter.
+  tx, _ = optim.build_optimizer(config, PARAMS, total_steps=10, steps_per_epoch=1)
+  assert not isinstance(tx.init(PARAMS), optax.MultiTransformState)
   config = groups_config(a=dict(pattern=".*kernel", lr_mult=2.0), b=dict(pattern="head/.*"))
   with pytest.raises(config_lib.ConfigError, match=r"head/kernel matches optim.groups \['a', 'b'\]"):
     optim.build_optimizer(config, PARAMS, total_steps=10, steps_per_epoch=1)
