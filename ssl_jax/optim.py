@@ -94,7 +94,7 @@ def check_groups(optim_config) -> None:
                                    "the whole '/'-joined param path, e.g. 'predictor/.*').")
     for key in group.keys():
       if key not in reference:
-        close = config_lib.closest_keys(reference, key)
+        close = [f"optim.groups.{name}.{k}" for k in config_lib.closest_keys(reference, key)]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise config_lib.ConfigError(f"Unknown key 'optim.groups.{name}.{key}'.{hint}")
 
@@ -323,8 +323,15 @@ def group_settings(optim_config) -> dict[str, dict[str, Any]]:
 
 def assign_groups(params: Any, settings: Mapping[str, Mapping[str, Any]]) -> dict:
   """{path tuple: group name} for every param leaf, from the groups' patterns."""
-  patterns = {name: re.compile(s["pattern"]) for name, s in settings.items()
-              if name not in ("base", PROBE_KEY) and s["pattern"]}
+  patterns = {}
+  for name, s in settings.items():
+    if name in ("base", PROBE_KEY) or not s["pattern"]:
+      continue
+    try:
+      patterns[name] = re.compile(s["pattern"])
+    except re.error as e:
+      raise config_lib.ConfigError(f"optim.groups.{name}.pattern={s['pattern']!r} is not a "
+                                   f"regular expression: {e}.") from None
   labels, used = {}, set()
   for path in traverse_util.flatten_dict(params):
     joined = "/".join(path)

@@ -216,7 +216,8 @@ PARAMS = {"encoder": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))},
 def test_unknown_group_key_names_the_closest_keys():
   config = groups_config(head=dict(pattern="head/.*", lr_mul=2.0))
   with pytest.raises(config_lib.ConfigError,
-                     match=r"Unknown key 'optim.groups.head.lr_mul'. Did you mean: lr_mult"):
+                     match=r"Unknown key 'optim.groups.head.lr_mul'. Did you mean: "
+                           r"optim.groups.head.lr_mult"):
     config_lib.validate(config)
   with pytest.raises(config_lib.ConfigError, match="lr_mul"):
     optim.build_optimizer(config, PARAMS, total_steps=10, steps_per_epoch=1)
@@ -233,6 +234,9 @@ def test_bad_patterns_are_config_errors():
   config = groups_config(a=dict(pattern=".*kernel", lr_mult=2.0), b=dict(pattern="head/.*"))
   with pytest.raises(config_lib.ConfigError, match=r"head/kernel matches optim.groups \['a', 'b'\]"):
     optim.build_optimizer(config, PARAMS, total_steps=10, steps_per_epoch=1)
+  with pytest.raises(config_lib.ConfigError, match=r"pattern='\(' is not a regular expression"):
+    optim.build_optimizer(groups_config(a=dict(pattern="(")), PARAMS, total_steps=10,
+                          steps_per_epoch=1)
   with pytest.raises(config_lib.ConfigError, match="has no 'pattern'"):
     optim.build_optimizer(groups_config(a=dict(lr_mult=2.0)), PARAMS, total_steps=10,
                           steps_per_epoch=1)
