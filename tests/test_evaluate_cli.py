@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-<<<<<<< HEAD
-from ssl_jax import config_lib, evaluate, report, runs
-=======
-from ssl_jax import config_lib, evaluate, optim, report
->>>>>>> 9d91223 (tests: optimizers through optim.build_optimizer; schedule tests against the official DINO/SwAV/MAE/BYOL formulas; step resolver and group errors)
+from ssl_jax import config_lib, evaluate, optim, report, runs
 from ssl_jax.methods import build_method
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
