@@ -145,7 +145,8 @@ PER_EPOCH = 7  # Iterations per epoch for these checks: every preset's epochs be
 
 def preset_schedule(spec):
   config = config_lib.load_config(f"{REPO}/configs/{spec}")
-  total, per_epoch = steps.run_length(config, PER_EPOCH * config.batch_size)
+  per_epoch = PER_EPOCH
+  total = steps.total_steps(config, per_epoch)
   base = optim.group_settings(config.optim)["base"]
   lr = optim.learning_rate_schedule(base, batch_size=config.batch_size, total_steps=total,
                                     steps_per_epoch=per_epoch)
@@ -204,12 +205,17 @@ def test_steps_reads_steps_or_epochs():
                 default=None)
 
 
-def test_run_length_is_total_steps_or_epochs_of_the_split():
+def test_total_steps_is_total_steps_or_epochs():
   config = config_lib.base_config()
-  config.batch_size, config.total_steps, config.epochs = 256, 0, 3.0
-  assert steps.run_length(config, 1000) == (9, 3)     # 1000 // 256 = 3 steps an epoch.
+  config.total_steps, config.epochs = 0, 2.5
+  assert steps.total_steps(config, 3) == 8            # round(7.5), to even.
   config.total_steps, config.epochs = 7, 0.0
-  assert steps.run_length(config, 100) == (7, 1)      # At least one step an epoch.
+  assert steps.total_steps(config, 100) == 7
+  config.total_steps, config.epochs = 0, 0.1
+  assert steps.total_steps(config, 3) == 1            # At least one step.
+  config.total_steps, config.epochs = 7, 1.0
+  with pytest.raises(config_lib.ConfigError, match="Both total_steps=7 and epochs=1.0"):
+    steps.total_steps(config, 3)
 
 
 def test_freeze_epochs_become_the_steps_of_the_group_window():
