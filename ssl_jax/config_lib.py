@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from ssl_jax import errors
 from ssl_jax.data import streams
 
 REQUIRED_TOP_LEVEL = (
@@ -25,7 +26,7 @@ REQUIRED_TOP_LEVEL = (
     "checkpoint_every", "mesh", "data", "model", "method", "optim", "eval")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config is malformed: unknown key, bad value, or missing section."""
 
 
@@ -166,6 +167,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from None
   from ssl_jax import optim  # Imports this module.
   optim.check_groups(config.optim)
+  _check_method_keys(config)
+  _check_ranges(config)
   accum = config.optim.grad_accum_steps
   if accum < 1 or config.batch_size % accum:
     raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1 and divide "
@@ -177,7 +180,8 @@ def _check_known_keys(config: ml_collections.ConfigDict) -> None:
 
   `method.*` belongs to each method and is checked by locking at override time instead;
   `data.streams.*` is named by each config and checked by `streams.parse_streams`;
-  `optim.groups.*` by `optim.check_groups`.
+  `optim.groups.*` by `optim.check_groups`. `method.*` belongs to each method:
+  `_check_method_keys` checks it against the method's own defaults.
   """
   reference = base_config()
   known = set(_all_keys(reference))
@@ -191,6 +195,148 @@ def _check_known_keys(config: ml_collections.ConfigDict) -> None:
     suggestion = closest_keys(reference, key)
     hint = f" Did you mean: {', '.join(suggestion)}?" if suggestion else ""
     raise ConfigError(f"Unknown config key {key!r} (not in config_lib.base_config()).{hint}")
+
+
+def _check_method_keys(config: ml_collections.ConfigDict) -> None:
+  """Every `method.*` key must exist in the method's defaults (`methods.default_method_config`).
+
+  A config file writes `method.*` freely (it builds the section itself), so a misspelt key there
+  would otherwise be a silently ignored setting; the command line is locked, but against the
+  file's section, which may itself hold the typo.
+  """
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (jax, only when needed)
+
+  name = config.method.get("name", "")
+  try:
+    reference = ml_collections.ConfigDict({"method": methods.default_method_config(name)})
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  known = set(_all_keys(reference))
+  for key in _all_keys(ml_collections.ConfigDict({"method": config.method})):
+    if key in known:
+      continue
+    parent = key.rsplit(".", 1)[0]
+    if parent != "method" and parent not in known:
+      continue  # Reported at its parent already.
+    suggestion = closest_keys(reference, key)
+    hint = f" Did you mean: {', '.join(suggestion)}?" if suggestion else ""
+    raise ConfigError(f"Unknown config key {key!r} (not a key of method {name!r}'s defaults)."
+                      f"{hint}")
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Allowed values of the shared keys. Ranges are (low, high, what the message says); None is
+# unbounded; `low_open`/`high_open` exclude the bound. Keys absent from a config are skipped.
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "model.pool": ("cls", "mean"),
+    "model.pos_embed": ("learn", "sincos"),
+    "model.stem": ("imagenet", "cifar"),
+    "optim.name": ("adamw", "lars", "lamb", "sgd"),
+    "optim.lr_scaling": ("linear", "none"),
+    "optim.schedule": ("cosine", "constant"),
+}
+_INTEGERS = ("seed", "batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every",
+             "keep_checkpoints", "mesh.data", "mesh.fsdp", "data.image_size",
+             "data.worker_count", "data.prefetch", "model.hidden_size", "model.depth",
+             "model.num_heads", "optim.warmup_steps", "optim.grad_accum_steps", "eval.knn_k",
+             "eval.batch_size", "eval.num_vis_images")
+# key: (low, low_open, high, high_open, why)
+_RANGES = {
+    "seed": (0, False, 2**32, True, "grain's shuffle seed"),
+    "total_steps": (0, False, None, False, "0: derived from epochs"),
+    "epochs": (0, False, None, False, ""),
+    "keep_checkpoints": (1, False, None, False,
+                         "0 would delete every checkpoint, including the one just saved"),
+    "mesh.fsdp": (1, False, None, False, ""),
+    "data.image_size": (1, False, None, False, "the canvas side in pixels"),
+    "data.worker_count": (0, False, None, False, "0: read in the trainer process"),
+    "data.prefetch": (0, False, None, False, ""),
+    "model.hidden_size": (0, False, None, False, "0: the named variant's size"),
+    "model.depth": (0, False, None, False, "0: the named variant's size"),
+    "model.num_heads": (0, False, None, False, "0: the named variant's size"),
+    "model.drop_path_rate": (0, False, 1, True, "a probability"),
+    "optim.lr": (0, True, None, False, "a learning rate <= 0 stands still or ascends the loss"),
+    "optim.warmup_steps": (0, False, None, False, ""),
+    "optim.warmup_epochs": (0, False, None, False, ""),
+    "optim.end_lr": (0, False, None, False, ""),
+    "optim.weight_decay": (0, False, None, False, ""),
+    "optim.b1": (0, False, 1, True, "an Adam decay rate"),
+    "optim.b2": (0, False, 1, True, "an Adam decay rate"),
+    "optim.momentum": (0, False, 1, True, ""),
+    "optim.trust_coefficient": (0, True, None, False, ""),
+    "optim.grad_clip_norm": (0, False, None, False, "0 disables clipping"),
+    "eval.knn_k": (1, False, None, False, ""),
+    "eval.knn_temperature": (0, True, None, False, ""),
+    "eval.batch_size": (1, False, None, False, ""),
+    "eval.num_vis_images": (0, False, None, False, ""),
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _range_text(low, low_open, high, high_open) -> str:
+  parts = []
+  if low is not None:
+    parts.append(f"{'>' if low_open else '>='} {low}")
+  if high is not None:
+    parts.append(f"{'<' if high_open else '<='} {high}")
+  return " and ".join(parts)
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Every shared key's type, range or allowed values, with the valid ones in the message."""
+  for key, choices in _CHOICES.items():
+    present, value = _lookup(config, key)
+    if present and value not in choices:
+      raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+  present, name = _lookup(config, "model.name")
+  if present:
+    from ssl_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+    if name not in registry.valid_names():
+      raise ConfigError(f"model.name must be one of {', '.join(registry.valid_names())}; got "
+                        f"{name!r}.")
+  for key in _INTEGERS:
+    present, value = _lookup(config, key)
+    if present and not (_is_number(value) and float(value).is_integer()):
+      raise ConfigError(f"{key} must be an integer; got {value!r}.")
+  for key, (low, low_open, high, high_open, why) in _RANGES.items():
+    present, value = _lookup(config, key)
+    if not present:
+      continue
+    if not _is_number(value):
+      raise ConfigError(f"{key} must be a number {_range_text(low, low_open, high, high_open)}; "
+                        f"got {value!r}.")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+      reason = f" ({why})" if why else ""
+      raise ConfigError(f"{key} must be {_range_text(low, low_open, high, high_open)}{reason}; "
+                        f"got {value!r}.")
+  present, data_axis = _lookup(config, "mesh.data")
+  if present and data_axis != -1 and data_axis < 1:
+    raise ConfigError(f"mesh.data must be -1 (every device not used by fsdp) or >= 1; got "
+                      f"{data_axis!r}.")
+  present, protocols = _lookup(config, "eval.protocols")
+  if present:
+    from ssl_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+
+    names = [p.strip() for p in str(protocols).split(",") if p.strip()]
+    unknown = [p for p in names if p not in runner.PROTOCOLS]
+    if unknown:
+      raise ConfigError(f"eval.protocols has unknown protocol(s) {unknown}; choose from "
+                        f"{', '.join(runner.PROTOCOLS)}, comma-separated, or '' for none.")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

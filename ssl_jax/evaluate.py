@@ -38,7 +38,7 @@ from clu import metric_writers
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ssl_jax import config_lib, parallel, runs
+from ssl_jax import config_lib, errors, parallel, runs
 from ssl_jax.data import pipeline, sources, streams
 from ssl_jax.evaluators import runner
 from ssl_jax.methods import build_method
@@ -48,7 +48,7 @@ INITS = ("checkpoint", "random", "raw")
 DEFAULT_PROTOCOLS = ("knn", "linear", "fewshot")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(errors.UserError, ValueError):
   """The evaluation cannot run as asked (bad path, step, dataset or protocol)."""
 
 
@@ -245,18 +245,17 @@ def _parse_flags(argv: list[str]) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-  try:
+  with errors.clean_exit("evaluate"):
     record = evaluate_workdir(args.workdir, step=args.step, protocols=args.protocols,
                               init=args.init, overrides=args.overrides,
                               raw_center=args.raw_center, tag=args.tag)
-  except (EvaluationError, config_lib.ConfigError, FileNotFoundError) as error:
-    sys.exit(f"evaluate: {error}")
   for name, value in sorted(record["metrics"].items()):
     shown = f"{value:.2f}s" if name.endswith("seconds") else f"{100 * value:.2f}%"
     print(f"{name:40s} {shown}")
 
 
 def run() -> None:
+  sys.argv = errors.pop_debug_flag(sys.argv)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from etils import epath
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import methods, runs, subtrees
+from ssl_jax import errors, methods, runs, subtrees
 from ssl_jax.interop import timm as timm_interop
 from ssl_jax.models import registry
 
@@ -149,7 +149,9 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   try:
     paths = export_checkpoint(args.workdir, args.step, args.out, formats, args.subtree)
-  except (FileNotFoundError, ValueError) as error:
+  except (errors.UserError, FileNotFoundError, ValueError) as error:
+    if errors.debug_enabled():
+      raise
     sys.exit(f"export: {error}")
   written = ", ".join(f"{key}: {value}" for key, value in paths.items() if key != "step")
   print(f"Exported step {paths['step']}: {written}")
@@ -157,7 +159,7 @@ def main(argv):
 
 def run() -> None:
   _define_flags()
-  app.run(main)
+  app.run(main, argv=errors.pop_debug_flag(sys.argv))
 
 
 if __name__ == "__main__":

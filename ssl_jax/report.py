@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from ssl_jax import runs
+from ssl_jax import errors, runs
 
 _BASELINES = {"random": "random init", "raw": "raw pixels"}
 
@@ -139,10 +139,12 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--seconds", action="store_true", help="add each protocol's time")
   parser.add_argument("--throughput", action="store_true",
                       help="add the run's median training images/s")
-  args = parser.parse_args(argv)
+  args = parser.parse_args(errors.pop_debug_flag(sys.argv[1:] if argv is None else argv))
   try:
     rows = [row for workdir in args.workdirs for row in read_workdir(workdir)]
-  except FileNotFoundError as error:
+  except (FileNotFoundError, ValueError) as error:  # Missing files; unreadable JSON.
+    if errors.debug_enabled():
+      raise
     sys.exit(f"report: {error}")
   table = markdown_table(rows, seconds=args.seconds, throughput=args.throughput)
   print(table)

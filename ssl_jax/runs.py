@@ -28,14 +28,14 @@ from absl import logging
 from etils import epath
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, subtrees
+from ssl_jax import config_lib, errors, subtrees
 from ssl_jax.data import augment
 from ssl_jax.models import registry, vit
 
 PathLike = epath.PathLike
 
 
-class RunError(FileNotFoundError):
+class RunError(errors.UserError, FileNotFoundError):
   """A run cannot be read as asked: no such workdir, no config.json, nothing saved, or a
   damaged metrics log."""
 
@@ -97,12 +97,15 @@ def load_checkpoint(workdir: PathLike, step: int | None = None, *,
       shardings): the two items are read straight into them, the optimizer state not at all.
 
   Raises:
-    RunError: no such workdir. FileNotFoundError: no checkpoint (at `step`).
+    RunError: no such workdir. ckpt_lib.CheckpointError (a FileNotFoundError): no checkpoint
+      (at `step`), or none that restores. ckpt_lib.NonFiniteError: the params hold NaN/inf.
   """
   workdir = _existing_dir(workdir, "checkpoints")
   step, state = ckpt_lib.restore_checkpoint(workdir, step, target=shardings)
+  origin = f"checkpoint step {step} of {workdir}"
+  ckpt_lib.check_finite(state["params"], origin)  # No number is measured on a diverged run.
   return RunVariables(params=state["params"], method_state=state.get("method_state"),
-                      step=step, origin=f"checkpoint step {step} of {workdir}")
+                      step=step, origin=origin)
 
 
 def load_exported(export_dir: PathLike) -> RunVariables:
@@ -111,8 +114,10 @@ def load_exported(export_dir: PathLike) -> RunVariables:
   if not (export_dir / "params").exists():
     raise RunError(f"{export_dir} has no exported params (params/); export a run with "
                    "python -m ssl_jax.export --workdir W.")
-  return RunVariables(params=jax.device_get(ckpt_lib.load_exported_params(export_dir)),
-                      method_state=None, step=None, origin=f"exported params in {export_dir}")
+  params = jax.device_get(ckpt_lib.load_exported_params(export_dir))
+  origin = f"exported params in {export_dir}"
+  ckpt_lib.check_finite(params, origin)
+  return RunVariables(params=params, method_state=None, step=None, origin=origin)
 
 
 def read_exported_npz(export_dir: PathLike) -> dict[str, np.ndarray]:

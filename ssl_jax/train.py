@@ -10,7 +10,9 @@ global sharded pytree, built ahead in a thread (`ssl_jax.data.prefetch`) -> jitt
 
 A run resumes from the latest checkpoint in its workdir, data iterator included, so an
 interrupted run sees exactly the batches an uninterrupted one would. SIGTERM (TPU preemption)
-saves and exits cleanly; a non-finite loss stops the run before anything bad is saved.
+saves and exits cleanly; a non-finite loss, gradient norm or state stops the run before
+anything bad is saved. Bad input (config, data, workdir) is a one- or two-line error without a
+traceback (`--debug` shows it; `ssl_jax.errors`); docs/reliability.md lists what is guaranteed.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import catalog, config_lib, distributed, metrics_io, summary, trainer, viz
+from ssl_jax import catalog, config_lib, distributed, errors, metrics_io, summary, trainer, viz
 from ssl_jax import steps as steps_lib
+from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import prefetch, streams
 from ssl_jax.evaluators import runner
 
@@ -45,8 +48,8 @@ def _define_flags() -> None:
   distributed.define_flags()
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+class NonFiniteLossError(ckpt_lib.NonFiniteError):
+  """The loss, gradient norm or updated state became NaN or infinite."""
 
 
 class _Preemption:
@@ -75,26 +78,45 @@ class _Preemption:
     return bool(np.any(flags_all))
 
 
-def _check_finite(step: int, loss: float, checkpointer) -> None:
-  if not np.isfinite(loss):
+def _check_finite(step: int, loss: float, checkpointer, *, grad_norm: float = 0.0,
+                  state_finite: bool = True) -> None:
+  """Stops the run at the first non-finite loss, gradient norm or updated state.
+
+  A huge but finite loss can come with NaN gradients and NaN params (lr=1e6 does it at step
+  3), so the loss alone is not enough; the state is checked where it would be saved or logged.
+  """
+  problems = [f"{what} became {value}" for what, value in (("loss", loss),
+                                                           ("gradient norm", grad_norm))
+              if not np.isfinite(value)]
+  if not state_finite:
+    problems.append("the updated params or method state hold NaN/inf")
+  if problems:
     last = checkpointer.latest_step()
-    where = (f"the last good checkpoint (step {last}) is intact in {checkpointer.directory}"
-             if last is not None else "no checkpoint had been saved yet")
+    where = (f"the last checkpoint (step {last}, checked finite when saved) is intact in "
+             f"{checkpointer.directory}" if last is not None
+             else "no checkpoint had been saved yet")
+    problem = " and ".join(problems)
     raise NonFiniteLossError(
-        f"Loss became {loss} at step {step}; stopping before saving anything from it, and "
-        f"{where}. Lower optim.lr, set optim.grad_clip_norm, lengthen the warmup, or use "
-        "model.dtype=float32.")
+        f"{problem[0].upper()}{problem[1:]} at step {step}; stopping before saving "
+        f"anything from it, and {where}. Lower optim.lr, set optim.grad_clip_norm, lengthen "
+        "the warmup, or use model.dtype=float32.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`; returns the final metrics."""
-  config_lib.validate(config)
-  workdir_path = pathlib.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir_path / "config.json").write_text(config_lib.to_json(config))
+  """Trains (or resumes) in `workdir`; returns the final metrics.
 
+  The workdir is checked, locked and its config compared with the run it holds before anything
+  is written (`ssl_jax.workdir`).
+  """
+  config_lib.validate(config)
+  with workdir_lib.open_run(config, workdir):
+    return _train_and_evaluate(workdir_lib.config_to_build(config, workdir), workdir, devices)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        devices=None) -> dict[str, Any]:
+  workdir_path = pathlib.Path(workdir)
   data = streams.make_train_data(config)
   steps_per_epoch = data.steps_per_epoch
   total_steps = steps_lib.total_steps(config, steps_per_epoch)
@@ -107,15 +129,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_state = setup.init_state()
 
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  start_step = checkpointer.latest_step()
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          train_state, setup.shardings)
+  start_step, restored = checkpointer.restore_latest(abstract, data_iter)
   if start_step is not None:
     logging.info("Resuming from checkpoint step %d in %s", start_step, checkpointer.directory)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            train_state, setup.shardings)
-    train_state = checkpointer.restore(start_step, abstract, data_iter)
+    train_state = restored
   else:
     start_step = 0
     parameter_overview.log_parameter_overview(train_state["params"])
+  if jax.process_index() == 0:
+    metrics_io.drop_records_after(workdir, start_step)  # Steps the resumed run writes again.
 
   writer = metrics_io.make_writer(workdir)
   preemption = _Preemption()
@@ -149,8 +173,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       stop_now = (preemption.any_process_requested() if jax.process_count() > 1 and log_now
                   else preemption.requested and jax.process_count() == 1)
       if log_now or save_now or stop_now:
-        loss_value = float(pending[1])  # Waits for this step; only at log/save points.
-        _check_finite(step, loss_value, checkpointer)
+        # Waits for this step; only at log/save points. One transfer for the three checks.
+        loss_value, grad_norm, state_finite = jax.device_get(
+            (pending[1], metrics["train/grad_norm"],
+             ckpt_lib.all_finite((train_state["params"], train_state["method_state"]))))
+        loss_value = float(loss_value)
+        _check_finite(step, loss_value, checkpointer, grad_norm=float(grad_norm),
+                      state_finite=bool(state_finite))
         losses_since_log.append(loss_value)
         pending = None
       scalars: dict[str, float] = {}
@@ -254,9 +283,10 @@ def main(argv, overrides=()):
   if not spec or not workdir:
     raise app.UsageError("Both --config and --workdir are required, e.g. "
                          "--config configs/mae.py:smoke --workdir /tmp/mae_smoke")
-  config = load_config_with_overrides(spec, list(overrides))
-  distributed.initialize_from_flags()
-  summary.print_closing_lines(train_and_evaluate(config, workdir), workdir)
+  with errors.clean_exit("train"):
+    config = load_config_with_overrides(spec, list(overrides))
+    distributed.initialize_from_flags()
+    summary.print_closing_lines(train_and_evaluate(config, workdir), workdir)
 
 
 def _config_spec(argv: list[str]) -> str | None:
@@ -272,12 +302,14 @@ def run():
   if sys.argv[1:] == ["--list"]:
     print(catalog.describe())
     return
-  rest, overrides = split_config_overrides(sys.argv)
+  rest, overrides = split_config_overrides(errors.pop_debug_flag(sys.argv))
   spec = _config_spec(rest)
   if spec:
     try:  # A bad config fails here, with just the message, before any JAX work starts.
       load_config_with_overrides(spec, overrides)
     except config_lib.ConfigError as e:
+      if errors.debug_enabled():
+        raise
       sys.exit(f"Config error: {e}")
   _define_flags()
   app.run(functools.partial(main, overrides=overrides), argv=rest)

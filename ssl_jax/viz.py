@@ -8,6 +8,7 @@ reconstruction | reconstruction + visible); this module only writes them out, un
 from __future__ import annotations
 
 import argparse
+import sys
 import pathlib
 from typing import Callable
 
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from ssl_jax import errors
 
 
 def to_uint8(image) -> np.ndarray:
@@ -64,14 +67,20 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+class VizError(errors.UserError, ValueError):
+  """A picture cannot be drawn as asked (missing run or images, wrong backbone)."""
+
+
 def load_image_folder(directory: str | pathlib.Path, count: int) -> list[Image.Image]:
-  """The first `count` images of `directory` (sorted by name) as RGB PIL images."""
+  """The first `count` images under `directory` (subfolders included, sorted by path), RGB."""
   directory = pathlib.Path(directory)
   if not directory.is_dir():
-    raise FileNotFoundError(f"--images {directory} is not a directory of image files.")
-  files = sorted(p for p in directory.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    raise VizError(f"--images {directory} is not a directory of image files.")
+  files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES
+                 and p.is_file())
   if not files:
-    raise ValueError(f"{directory} holds no {'/'.join(_IMAGE_SUFFIXES)} files.")
+    raise VizError(f"{directory} holds no {'/'.join(_IMAGE_SUFFIXES)} files (subfolders "
+                   "included).")
   return [Image.open(path).convert("RGB") for path in files[:count]]
 
 
@@ -118,8 +127,8 @@ def render_run_columns(workdir: str | pathlib.Path, images: list[Image.Image], *
   # Reconstruction pictures read params only (MAE and Perceptual MAE keep no state they use).
   grids = jax.jit(method.visualize)(params, {}, canvas, jax.random.PRNGKey(seed))
   if "reconstruction" not in grids:
-    raise ValueError(f"method {config.method.name!r} of {workdir} renders no reconstruction "
-                     "grid; compare takes MAE-family runs.")
+    raise VizError(f"method {config.method.name!r} of {workdir} renders no reconstruction "
+                   "grid; compare takes MAE-family runs.")
   grid = np.asarray(grids["reconstruction"], np.float32)
   batch = len(images)
   size = grid.shape[0] // batch
@@ -198,15 +207,17 @@ def compare_main(args: argparse.Namespace) -> pathlib.Path:
   post's comparison). Writes a PNG and a TensorBoard image under the first workdir.
   """
   if len(args.workdirs) < 2:
-    raise ValueError("compare needs at least two --workdirs (e.g. MAE_W PMAE_W).")
+    raise VizError("compare needs at least two --workdirs (e.g. MAE_W PMAE_W).")
   if args.num_images < 1:
-    raise ValueError(f"--num_images must be >= 1; got {args.num_images}.")
+    raise VizError(f"--num_images must be >= 1; got {args.num_images}.")
   images = load_image_folder(args.images, args.num_images)
   runs = [render_run_columns(w, images, seed=args.seed) for w in args.workdirs]
   grid, titles = compare_grid(runs)
   first = pathlib.Path(args.workdirs[0])
   step = runs[0]["step"]
   output = pathlib.Path(args.output) if args.output else first / "images" / f"compare_{step}.png"
+  if output.suffix.lower() != ".png":
+    raise VizError(f"--output {output} must name a .png file (e.g. {output / 'compare.png'}).")
   output.parent.mkdir(parents=True, exist_ok=True)
   _titled(grid, titles, tile_size=args.tile_size).save(output)
   from clu import metric_writers
@@ -267,7 +278,7 @@ def attention_main(args: argparse.Namespace) -> list[pathlib.Path]:
   workdir = pathlib.Path(args.workdir)
   config = runs.load_config(workdir)
   if args.num_images < 1:
-    raise ValueError(f"--num_images must be >= 1; got {args.num_images}.")
+    raise VizError(f"--num_images must be >= 1; got {args.num_images}.")
   method = build_method(config)
   run = runs.load_checkpoint(workdir, args.step)
   params, step = run.params, run.step
@@ -276,16 +287,16 @@ def attention_main(args: argparse.Namespace) -> list[pathlib.Path]:
     encoder, encoder_params = method.attention_encoder(params, run.method_state)
   else:
     if "encoder" not in params:
-      raise ValueError(f"The params of {workdir} have no 'encoder' entry (top level: "
-                       f"{sorted(params)}); attention maps need a ViT encoder.")
+      raise VizError(f"The params of {workdir} have no 'encoder' entry (top level: "
+                     f"{sorted(params)}); attention maps need a ViT encoder.")
     encoder, encoder_params = registry.build_encoder(config.model), params["encoder"]
 
   size = args.image_size or method.eval_image_size
   patch_size = getattr(encoder, "patch_size", None)
   if patch_size is None:
-    raise ValueError(f"model.name={config.model.name!r} is not a ViT; attention maps need one.")
+    raise VizError(f"model.name={config.model.name!r} is not a ViT; attention maps need one.")
   if size % patch_size:
-    raise ValueError(f"--image_size {size} is not a multiple of the patch size {patch_size}.")
+    raise VizError(f"--image_size {size} is not a multiple of the patch size {patch_size}.")
   source = sources.get_source(f"imagefolder:{args.images}", "", image_size=size)
   count = min(args.num_images, len(source))
   images = np.stack([source[i]["image"] for i in range(count)])       # uint8 [B, S, S, 3]
@@ -321,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
   for name, (add_arguments, run) in sorted(SUBCOMMANDS.items()):
     summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None
     add_arguments(commands.add_parser(name, help=summary, description=run.__doc__))
-  args = parser.parse_args(argv)
-  SUBCOMMANDS[args.command][1](args)
+  args = parser.parse_args(errors.pop_debug_flag(sys.argv[1:] if argv is None else argv))
+  with errors.clean_exit("viz"):
+    SUBCOMMANDS[args.command][1](args)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import zipfile
 from typing import Any, Sequence
 
 from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image
+
+from ssl_jax import errors
+from ssl_jax.data import workers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm",
                     ".pgm")
@@ -50,12 +54,25 @@ MAX_IN_MEMORY_BYTES = 4 << 30
 # still fails to decode (e.g. a truncated JPEG), before giving up.
 _MAX_DECODE_RETRIES = 16
 _VERIFY_THREADS = 16
+# imagefolder split folders: a split name -> the folders that hold it, in order of preference.
+# A held-out split never falls back to the training images.
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"),
+                 "validation": ("validation", "val"), "test": ("test", "val", "validation")}
+HELD_OUT_SPLITS = ("val", "validation", "test")
+
+
+class DataError(errors.UserError, ValueError):
+  """A dataset spec, file or folder cannot be read as asked; the message says how to fix it."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+  """The dataset named by a spec does not exist (where the message says)."""
 
 
 def _check_image_size(image_size: Any) -> int:
   is_int = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
   if not is_int or image_size < 1:
-    raise ValueError(f"image_size must be a positive int (the canvas side), got {image_size!r}.")
+    raise DataError(f"image_size must be a positive int (the canvas side), got {image_size!r}.")
   return int(image_size)
 
 
@@ -79,15 +96,15 @@ def to_canvas(image: np.ndarray, size: int) -> np.ndarray:
   """uint8 [H,W], [H,W,1], [H,W,3] or [H,W,4] -> uint8 [size, size, 3] (see module docstring)."""
   image = np.asarray(image)
   if image.dtype != np.uint8:
-    raise ValueError(f"Images must be uint8 (0..255), got dtype {image.dtype}. Convert them "
-                     "with np.clip(x, 0, 255).astype(np.uint8) first.")
+    raise DataError(f"Images must be uint8 (0..255), got dtype {image.dtype}. Convert them "
+                    "with np.clip(x, 0, 255).astype(np.uint8) first.")
   if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
     channels = image.shape[-1]
   elif image.ndim == 2:
     channels = 1
   else:
-    raise ValueError(f"An image must be [H,W] or [H,W,C] with C in (1, 3, 4), got shape "
-                     f"{image.shape}.")
+    raise DataError(f"An image must be [H,W] or [H,W,C] with C in (1, 3, 4), got shape "
+                    f"{image.shape}.")
   if channels == 4:
     image = image[..., :3]
   if image.shape[0] == image.shape[1] == size:
@@ -105,7 +122,7 @@ def _record(image: np.ndarray, label: int) -> dict[str, np.ndarray]:
   return {"image": image, "label": np.asarray(label, dtype=np.int32)}
 
 
-class ArraySource:
+class ArraySource(workers.ExitsWithParent):
   """Images held in host memory; each is put on the canvas when it is read.
 
   `description` names where the arrays came from; it is part of `repr`, which grain stores in
@@ -117,13 +134,13 @@ class ArraySource:
     self._image_size = _check_image_size(image_size)
     images = np.asarray(images)
     if len(images) == 0:
-      raise ValueError(f"{description} has no images; a source needs at least one record.")
+      raise DataError(f"{description} has no images; a source needs at least one record.")
     if labels is None:
       labels = np.full((len(images),), -1, np.int32)
     labels = np.asarray(labels)
     if labels.shape != (len(images),):
-      raise ValueError(f"{description}: labels must have shape [{len(images)}] (one per image), "
-                       f"got {labels.shape}.")
+      raise DataError(f"{description}: labels must have shape [{len(images)}] (one per image), "
+                      f"got {labels.shape}.")
     self._images = images
     self._labels = labels.astype(np.int32)
     self.num_classes = num_classes
@@ -146,8 +163,8 @@ def digits_source(split: str, *, image_size: int) -> ArraySource:
 
   image_size = _check_image_size(image_size)
   if split not in ("train", "test"):
-    raise ValueError(f"The digits source has splits 'train' (1497 images) and 'test' (300), "
-                     f"got split {split!r}.")
+    raise DataError(f"The digits source has splits 'train' (1497 images) and 'test' (300), "
+                    f"got split {split!r}.")
   digits = datasets.load_digits()
   pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   labels = digits.target.astype(np.int32)
@@ -166,33 +183,44 @@ def npz_source(path_template: str, split: str, *, image_size: int) -> ArraySourc
   expected = ("an .npz archive with 'images' uint8 [N,H,W,C] (C = 1 or 3) and 'labels' int [N] "
               "(np.savez_compressed(path, images=..., labels=...))")
   if not epath.Path(path).exists():
-    raise FileNotFoundError(f"npz source: no file at {path!r} (from spec path {path_template!r} "
+    raise DataNotFoundError(f"npz source: no file at {path!r} (from spec path {path_template!r} "
                             f"and split {split!r}); expected {expected}.")
-  with epath.Path(path).open("rb") as file, np.load(file, allow_pickle=False) as archive:
-    keys = set(archive.files)
-    if "images" not in keys:
-      raise ValueError(f"npz source {path!r} has arrays {sorted(keys)} but no 'images'; "
-                       f"expected {expected}.")
-    images = archive["images"]
-    labels = archive["labels"] if "labels" in keys else None
-    class_names = archive["class_names"] if "class_names" in keys else None
+  with epath.Path(path).open("rb") as file:
+    try:
+      archive = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+      # Pickled or truncated data, or not numpy at all ("contains pickled data" from numpy).
+      raise DataError(f"npz source {path!r} is not a readable .npz archive ({error}); "
+                      f"expected {expected}.") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise DataError(f"npz source {path!r} holds a single array (an .npy file, shape "
+                      f"{getattr(archive, 'shape', '?')}), not an .npz archive; expected "
+                      f"{expected}.")
+    with archive:
+      keys = set(archive.files)
+      if "images" not in keys:
+        raise DataError(f"npz source {path!r} has arrays {sorted(keys)} but no 'images'; "
+                        f"expected {expected}.")
+      images = archive["images"]
+      labels = archive["labels"] if "labels" in keys else None
+      class_names = archive["class_names"] if "class_names" in keys else None
   if images.dtype != np.uint8:
-    raise ValueError(f"npz source {path!r}: 'images' has dtype {images.dtype}, expected uint8 "
-                     f"(0..255); expected {expected}.")
+    raise DataError(f"npz source {path!r}: 'images' has dtype {images.dtype}, expected uint8 "
+                    f"(0..255); expected {expected}.")
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"npz source {path!r}: 'images' has shape {images.shape}, expected "
-                     f"[N,H,W,C] with C = 1 or 3; expected {expected}.")
+    raise DataError(f"npz source {path!r}: 'images' has shape {images.shape}, expected "
+                    f"[N,H,W,C] with C = 1 or 3; expected {expected}.")
   num_classes = None
   if labels is None:
     logging.info("npz source %s has no 'labels' array; its labels are -1.", path)
   else:
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
-      raise ValueError(f"npz source {path!r}: 'labels' has dtype {labels.dtype} and shape "
-                       f"{labels.shape}, expected integers of shape [{len(images)}].")
+      raise DataError(f"npz source {path!r}: 'labels' has dtype {labels.dtype} and shape "
+                      f"{labels.shape}, expected integers of shape [{len(images)}].")
     if len(labels) and labels.min() < 0:
-      raise ValueError(f"npz source {path!r}: labels must be >= 0, found {labels.min()}.")
+      raise DataError(f"npz source {path!r}: labels must be >= 0, found {labels.min()}.")
     num_classes = (len(class_names) if class_names is not None
                    else int(labels.max()) + 1 if len(labels) else None)
   return ArraySource(images, labels, image_size=image_size, num_classes=num_classes,
@@ -232,7 +260,38 @@ def _image_files(folder: epath.Path, recursive: bool) -> list[epath.Path]:
   return sorted(found, key=str)
 
 
-class ImageFolderSource:
+def split_folder(base: epath.Path, split: str) -> epath.Path:
+  """The folder of `split` under an imagefolder root (ImageNet layout: train/ + val/).
+
+  `split` itself if such a folder exists, else a folder of the same split under another usual
+  name (`SPLIT_FOLDERS`: a 'test' request reads val/ where there is no test/), else the root
+  itself when it has no split folders at all. A held-out split never reads the training
+  images: without its folder it is an error, since a test accuracy measured on training images
+  is a wrong number.
+  """
+  if not split:
+    return base
+  if (base / split).is_dir():
+    return base / split
+  present = [name for name in ("train", "val", "validation", "test") if (base / name).is_dir()]
+  for name in SPLIT_FOLDERS.get(split, ()):
+    if name in present:
+      logging.info("imagefolder: split %r is read from %s.", split, base / name)
+      return base / name
+  if split in HELD_OUT_SPLITS:
+    raise DataError(
+                    f"imagefolder:{base} has no held-out folder for split {split!r} "
+                    f"({', '.join(n + '/' for n in SPLIT_FOLDERS[split])}), so evaluating would report "
+                    "accuracy on training images. Add one (DIR/train/<class>/..., DIR/val/<class>/...), "
+                    "point data.eval_source at a labelled held-out set, or skip evaluation with "
+                    "--config.eval.protocols=")
+  if present:
+    raise DataError(f"imagefolder:{base} has split folders {present} but none for split "
+                    f"{split!r}.")
+  return base
+
+
+class ImageFolderSource(workers.ExitsWithParent):
   """Image files in class subfolders (labels = sorted folder index) or in one flat folder.
 
   Every file's header is checked with PIL `verify()` when the source is built; files that fail
@@ -244,10 +303,10 @@ class ImageFolderSource:
     self._image_size = _check_image_size(image_size)
     base = epath.Path(root)
     if not base.is_dir():
-      raise FileNotFoundError(f"imagefolder source: {root!r} is not a folder. Expected a folder "
+      raise DataNotFoundError(f"imagefolder source: {root!r} is not a folder. Expected a folder "
                               "of images, or of class subfolders of images, optionally under "
                               "per-split folders (DIR/train/..., DIR/test/...).")
-    folder = base / split if (base / split).is_dir() else base
+    folder = split_folder(base, split)
     class_dirs = sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
                         key=lambda d: d.name)
     if class_dirs:
@@ -280,9 +339,9 @@ class ImageFolderSource:
     self._labels = np.asarray([l for l, ok in zip(labels, readable) if ok], np.int32)
     self._folder = str(folder)
     if not self._files:
-      raise ValueError(f"imagefolder source: no readable images in {self._folder!r} "
-                       f"({self.num_skipped} unreadable files, extensions looked for: "
-                       f"{', '.join(IMAGE_EXTENSIONS)}).")
+      raise DataError(f"imagefolder source: no readable images in {self._folder!r} "
+                      f"({self.num_skipped} unreadable files, extensions looked for: "
+                      f"{', '.join(IMAGE_EXTENSIONS)}).")
 
   def __len__(self) -> int:
     return len(self._files)
@@ -305,7 +364,7 @@ class ImageFolderSource:
             f"image_size={self._image_size})")
 
 
-class TfdsSource:
+class TfdsSource(workers.ExitsWithParent):
   """A TFDS split prepared as array_record, read with `tfds.data_source` (random access)."""
 
   def __init__(self, records: Sequence[dict[str, Any]], *, name: str, split: str,
@@ -314,11 +373,11 @@ class TfdsSource:
     self._image_size = _check_image_size(image_size)
     self._name, self._split, self._data_dir = name, split, data_dir
     if len(records) == 0:
-      raise ValueError(f"TFDS split {name}:{split} has no records.")
+      raise DataError(f"TFDS split {name}:{split} has no records.")
     features = records.dataset_info.features
     if "image" not in features:
-      raise ValueError(f"TFDS dataset {name!r} has no 'image' feature (it has "
-                       f"{sorted(features.keys())}); only image datasets are supported.")
+      raise DataError(f"TFDS dataset {name!r} has no 'image' feature (it has "
+                      f"{sorted(features.keys())}); only image datasets are supported.")
     self._has_label = "label" in features
     self.num_classes = (getattr(features["label"], "num_classes", None)
                         if self._has_label else None)
@@ -350,11 +409,11 @@ def _tfrecord_in_memory(builder, name: str, split: str, *, image_size: int,
   num_records = builder.info.splits[split].num_examples
   needed = num_records * image_size * image_size * 3
   if needed > MAX_IN_MEMORY_BYTES:
-    raise ValueError(
-        f"TFDS dataset {name!r} is prepared as {builder.info.file_format.value}, which has no "
-        f"random access, and split {split!r} would need {needed / 2**30:.1f} GiB in memory at "
-        f"image_size={image_size} (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB). Prepare it as "
-        f"array_record: `{_build_command(name, data_dir)}`.")
+    raise DataError(
+                    f"TFDS dataset {name!r} is prepared as {builder.info.file_format.value}, which has no "
+                    f"random access, and split {split!r} would need {needed / 2**30:.1f} GiB in memory at "
+                    f"image_size={image_size} (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB). Prepare it as "
+                    f"array_record: `{_build_command(name, data_dir)}`.")
   logging.info("TFDS %s:%s is TFRecord-only; reading its %d records into memory.", name, split,
                num_records)
   features = builder.info.features
@@ -379,15 +438,15 @@ def tfds_source(name: str, split: str, *, image_size: int,
     records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     # TFDS's own message lists every registered dataset; say only what is wrong.
-    raise ValueError(f"TFDS has no dataset named {name!r}; see "
-                     "https://www.tensorflow.org/datasets/catalog for the names.") from None
+    raise DataError(f"TFDS has no dataset named {name!r}; see "
+                    "https://www.tensorflow.org/datasets/catalog for the names.") from None
   except NotImplementedError:
     # Raised both for a TFRecord-only dataset and for one that is not prepared at all.
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-      raise FileNotFoundError(
-          f"TFDS dataset {name!r} is not prepared under {builder.data_dir!r}. Prepare it once "
-          f"(on each host, or on a shared gs:// data_dir): `{_build_command(name, data_dir)}`."
+      raise DataNotFoundError(
+                              f"TFDS dataset {name!r} is not prepared under {builder.data_dir!r}. Prepare it once "
+                              f"(on each host, or on a shared gs:// data_dir): `{_build_command(name, data_dir)}`."
       ) from None
     return _tfrecord_in_memory(builder, name, split, image_size=image_size, data_dir=data_dir)
   return TfdsSource(records, name=name, split=split, data_dir=data_dir, image_size=image_size)
@@ -416,8 +475,8 @@ def get_source(spec: str, split: str, *, image_size: int, data_dir: str | None =
   if kind == "digits" and not arg:
     return digits_source(split, image_size=image_size)
   if kind in ("npz", "imagefolder", "tfds") and not arg:
-    raise ValueError(f"Data spec {spec!r} needs a value after '{kind}:'; valid forms: "
-                     f"{', '.join(SPEC_FORMS)}.")
+    raise DataError(f"Data spec {spec!r} needs a value after '{kind}:'; valid forms: "
+                    f"{', '.join(SPEC_FORMS)}.")
   if kind == "npz":
     return npz_source(arg, split, image_size=image_size)
   if kind == "imagefolder":
@@ -425,4 +484,4 @@ def get_source(spec: str, split: str, *, image_size: int, data_dir: str | None =
   if kind == "tfds":
     name, tfds_split = _parse_tfds(arg, split)
     return tfds_source(name, tfds_split, image_size=image_size, data_dir=data_dir)
-  raise ValueError(f"Unknown data spec {spec!r}; valid forms: {', '.join(SPEC_FORMS)}.")
+  raise DataError(f"Unknown data spec {spec!r}; valid forms: {', '.join(SPEC_FORMS)}.")

@@ -35,10 +35,10 @@ class FeatureEvaluator:
     self.test_source = sources.get_source(spec, data.eval_test_split, **kwargs)
     num_classes = self.train_source.num_classes
     if not num_classes:
-      raise ValueError(
-          f"The eval source {spec!r} has no labels, so k-NN cannot run. Point data.eval_source "
-          "at a labelled dataset (e.g. npz:PATH with a 'labels' array or class subfolders), or "
-          "set eval_every=0.")
+      raise sources.DataError(
+          f"The eval source {spec!r} has no labels, so {config.eval.protocols or 'evaluation'} "
+          "cannot run. Point data.eval_source at a labelled dataset (npz:PATH with a 'labels' "
+          "array, or class subfolders), or train without evaluation: --config.eval.protocols=")
     self.num_classes = int(num_classes)
     self.batch_size = int(config.eval.batch_size)
     parallel.check_batch_size(self.batch_size, mesh, what="eval.batch_size")

@@ -26,6 +26,30 @@ _METHODS: dict[str, str] = {
 }
 
 
+# Each method's `method.*` defaults: every key a config may set for it (checked by
+# `config_lib.validate`, so a misspelt key in a config file is an error).
+_DEFAULT_CONFIGS: dict[str, str] = {
+    "mae": "ssl_jax.methods.mae:default_method_config",
+    "perceptual_mae": "ssl_jax.methods.perceptual_mae:default_method_config",
+    "simclr": "ssl_jax.methods.simclr:default_method_config",
+    "moco_v2": "ssl_jax.methods.moco:default_moco_v2_config",
+    "moco_v3": "ssl_jax.methods.moco:default_moco_v3_config",
+    "byol": "ssl_jax.methods.byol:default_byol_config",
+    "simsiam": "ssl_jax.methods.byol:default_simsiam_config",
+    "swav": "ssl_jax.methods.swav:default_method_config",
+    "dino": "ssl_jax.methods.dino:default_method_config",
+    "supervised": "ssl_jax.methods.supervised:default_method_config",
+}
+
+
+def default_method_config(name: str) -> ml_collections.ConfigDict:
+  """The `method` section method `name` starts from: its keys are all the valid ones."""
+  if name not in _DEFAULT_CONFIGS:
+    raise ValueError(f"Unknown method.name {name!r}; available: {sorted(_DEFAULT_CONFIGS)}.")
+  module_name, function_name = _DEFAULT_CONFIGS[name].split(":")
+  return getattr(importlib.import_module(module_name), function_name)()
+
+
 def method_class(name: str) -> type[base.Method]:
   if name not in _METHODS:
     raise ValueError(f"Unknown method.name {name!r}; available: {sorted(_METHODS)}.")
