@@ -333,9 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None
     add_arguments(commands.add_parser(name, help=summary, description=run.__doc__))
   args = parser.parse_args(errors.pop_debug_flag(sys.argv[1:] if argv is None else argv))
+  SUBCOMMANDS[args.command][1](args)
+
+
+def run() -> None:
+  """The command line: a user error is one line on stderr and exit status 1 (`ssl_jax.errors`)."""
   with errors.clean_exit("viz"):
-    SUBCOMMANDS[args.command][1](args)
+    main()
 
 
 if __name__ == "__main__":
-  main()
+  run()
