@@ -208,9 +208,12 @@ def _check_method_keys(config: ml_collections.ConfigDict) -> None:
 
   name = config.method.get("name", "")
   try:
-    reference = ml_collections.ConfigDict({"method": methods.default_method_config(name)})
+    defaults = methods.default_method_config(name)
   except ValueError as error:
     raise ConfigError(str(error)) from None
+  if defaults is None:
+    return
+  reference = ml_collections.ConfigDict({"method": defaults})
   known = set(_all_keys(reference))
   for key in _all_keys(ml_collections.ConfigDict({"method": config.method})):
     if key in known:
