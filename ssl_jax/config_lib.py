@@ -207,6 +207,8 @@ def _check_method_keys(config: ml_collections.ConfigDict) -> None:
   from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (jax, only when needed)
 
   name = config.method.get("name", "")
+  if not name:
+    return  # base_config() alone: no method chosen yet, so no method keys to check.
   try:
     defaults = methods.default_method_config(name)
   except ValueError as error:
