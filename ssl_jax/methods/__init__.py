@@ -38,6 +38,7 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "simsiam": "ssl_jax.methods.byol:default_simsiam_config",
     "swav": "ssl_jax.methods.swav:default_method_config",
     "dino": "ssl_jax.methods.dino:default_method_config",
+    "lejepa": "ssl_jax.methods.lejepa:default_method_config",
     "supervised": "ssl_jax.methods.supervised:default_method_config",
 }
 
