@@ -240,7 +240,7 @@ _CHOICES = {
     "model.pool": ("cls", "mean"),
     "model.pos_embed": ("learn", "sincos"),
     "model.stem": ("imagenet", "cifar"),
-    "optim.name": ("adamw", "lars", "lamb", "sgd"),
+    "optim.name": ("adamw", "lars", "lamb", "sgd", "larc_sgd"),  # optim.OPTIMIZERS
     "optim.lr_scaling": ("linear", "none"),
     "optim.schedule": ("cosine", "constant"),
 }

@@ -287,3 +287,8 @@ def test_lr_mult_and_frozen_groups_scale_and_stop_the_updates():
   np.testing.assert_allclose(updates["encoder"]["kernel"], -0.5)
   np.testing.assert_allclose(updates["head"]["kernel"], -1.5)
   np.testing.assert_array_equal(updates["encoder"]["bias"], 0.0)
+
+
+def test_config_validation_accepts_exactly_the_optimizers_optim_builds():
+  from ssl_jax import config_lib
+  assert config_lib._CHOICES["optim.name"] == optim.OPTIMIZERS
