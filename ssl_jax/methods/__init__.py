@@ -23,6 +23,9 @@ _METHODS: dict[str, str] = {
     "dino": "ssl_jax.methods.dino:DINO",
     "lejepa": "ssl_jax.methods.lejepa:LeJEPA",
     "supervised": "ssl_jax.methods.supervised:Supervised",
+    "rotation": "ssl_jax.methods.rotation:Rotation",
+    "jigsaw": "ssl_jax.methods.jigsaw:Jigsaw",
+    "context": "ssl_jax.methods.context:Context",
 }
 
 
