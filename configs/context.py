@@ -25,30 +25,20 @@ from ssl_jax.methods import context  # noqa: E402
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = context.default_method_config()
-  config.model.name, config.model.stem = "resnet50", "imagenet"
-  config.optim.name = "sgd"
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 5e-4
+  common.pretext_classifier_defaults(config)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
+    common.pretext_classifier_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       config.method.patch_size, config.method.gap, config.method.jitter = 8, 2, 1
       config.method.head_hidden_dim = 256
-      common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "cifar10":
-      common.cifar10_data(config)
-      config.model.name, config.model.stem = "resnet18", "cifar"
       config.method.patch_size, config.method.gap, config.method.jitter = 8, 2, 1
       config.method.mean, config.method.std = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
       config.method.head_hidden_dim = 1024
       config.optim.lr = 0.1
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name, config.model.stem = "resnet50", "imagenet"
-      config.model.dtype = "bfloat16"
       config.batch_size = 256
       config.epochs = 90
       config.method.patch_size, config.method.gap, config.method.jitter = 56, 28, 7
@@ -56,6 +46,5 @@ def get_config(arg: str = "smoke"):
       config.optim.weight_decay = 1e-4
       config.optim.warmup_epochs = 5
     elif preset == "cpu":
-      common.cpu_budget(config)
       config.method.head_hidden_dim = 512
   return config

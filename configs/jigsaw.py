@@ -24,31 +24,21 @@ from ssl_jax.methods import jigsaw  # noqa: E402
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = jigsaw.default_method_config()
-  config.model.name, config.model.stem = "resnet50", "imagenet"
-  config.optim.name = "sgd"
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 5e-4
+  common.pretext_classifier_defaults(config)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
+    common.pretext_classifier_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       config.method.num_permutations = 100
       config.method.cell_size, config.method.tile_size = 10, 8
       config.method.head_hidden_dim = 256
-      common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "cifar10":
-      common.cifar10_data(config)
-      config.model.name, config.model.stem = "resnet18", "cifar"
       config.method.num_permutations = 100
       config.method.cell_size, config.method.tile_size = 10, 8
       config.method.head_hidden_dim = 1024
       config.optim.lr = 0.1
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name, config.model.stem = "resnet50", "imagenet"
-      config.model.dtype = "bfloat16"
       config.batch_size = 256          # x 9 tiles = 2304 crops a step (the paper's batch 256).
       config.epochs = 90
       config.method.num_permutations = 1000
@@ -57,6 +47,5 @@ def get_config(arg: str = "smoke"):
       config.optim.weight_decay = 1e-4
       config.optim.warmup_epochs = 5
     elif preset == "cpu":
-      common.cpu_budget(config)
       config.method.head_hidden_dim = 512
   return config

@@ -31,23 +31,16 @@ from ssl_jax.methods import rotation  # noqa: E402
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = rotation.default_method_config()
-  config.model.name, config.model.stem = "resnet50", "imagenet"
-  config.optim.name = "sgd"
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 5e-4
+  common.pretext_classifier_defaults(config)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
+    common.pretext_classifier_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       # 16 px views: the four rotations make 4x the crops, so a quarter of the tokens each.
       config.method.view = augment.view_config(size=16, crop_scale=(0.5, 1.0))
       config.method.feature_block = 1  # Of 2: exercises the intermediate-block features.
-      common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "cifar10":
-      common.cifar10_data(config)
-      config.model.name, config.model.stem = "resnet18", "cifar"
       # The official CIFAR crops are pad-4 random crops + flips: a mild random-resized crop.
       config.method.view = augment.view_config(size=32, crop_scale=(0.6, 1.0),
                                                mean=(0.491, 0.482, 0.447),
@@ -57,15 +50,11 @@ def get_config(arg: str = "smoke"):
       config.optim.lr_scaling = "none"
       config.epochs = 100
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name, config.model.stem = "resnet50", "imagenet"
-      config.model.dtype = "bfloat16"
       config.batch_size = 192          # x 4 rotations = 768 crops a step.
       config.epochs = 30
       config.method.view = augment.view_config(size=224, crop_scale=(0.08, 1.0))
-      config.method.feature_block = 3  # Stage 3 of 4: the paper's best AlexNet layer is conv3-4 of 5.
+      config.method.feature_block = 3  # Of 4 stages; the best AlexNet layers were conv3-4 of 5.
       config.optim.lr = 0.05
     elif preset == "cpu":
-      common.cpu_budget(config)
       config.method.feature_block = 2  # Of the budget ViT's 4 blocks.
   return config
