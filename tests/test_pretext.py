@@ -178,11 +178,12 @@ def test_bad_geometry_and_feature_block_are_clear_errors():
 # ------------------------------------------------------------------------------ smoke runs
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_smoke_run_lowers_its_loss_and_beats_chance(name, tmp_path):
+# Steps: a context step (2 crops of 8 px an image) costs a fraction of the others'.
+@pytest.mark.parametrize("name,steps", [("rotation", 40), ("jigsaw", 40), ("context", 100)])
+def test_smoke_run_lowers_its_loss_and_beats_chance(name, steps, tmp_path):
   config = config_lib.load_config(f"{REPO}/configs/{name}.py:smoke")
   config_lib.apply_overrides(config, [
-      "total_steps=40", "export_at_end=False", "visualize=False", "checkpoint_every=0"])
+      f"total_steps={steps}", "export_at_end=False", "visualize=False", "checkpoint_every=0"])
   result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   records = runs.read_metrics(tmp_path)
   losses = [r["train/loss"] for r in records if "train/loss" in r]
