@@ -166,6 +166,31 @@ def test_views_are_a_function_of_the_rng(name):
   assert not np.array_equal(crops, other)
 
 
+# ResNet-18 compiles for ~15 s of CPU: slow.
+@pytest.mark.parametrize("model", ["vit", pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_block_features_of_the_last_block_are_the_pooled_features(model):
+  """The intermediate-block path, run at the last block, reproduces the backbone's output."""
+  method = _method("rotation")
+  if model == "resnet18":
+    config = method.config.copy_and_resolve_references()
+    config.model.name, config.model.stem = "resnet18", "cifar"
+    method = build_method(config)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8))
+  params, state = jax.jit(method.init)(jax.random.PRNGKey(0), {"image": images})
+
+  @jax.jit
+  def pooled_last_and_first(params, state):
+    inputs = method.eval_inputs(images)
+    pooled = method.encoder.apply(method._encoder_variables(params, state), inputs)["pooled"]
+    return (pooled, method.block_features(params, state, inputs, method.num_blocks),
+            method.block_features(params, state, inputs, 1))
+
+  pooled, last, first = pooled_last_and_first(params, state)
+  np.testing.assert_allclose(last, pooled, rtol=1e-5, atol=1e-5)
+  assert first.shape == (2, 64)  # ViT width 64; ResNet-18 stage 1: 64 channels
+  assert not np.allclose(first, pooled[:, :64])
+
+
 def test_bad_geometry_and_feature_block_are_clear_errors():
   with pytest.raises(ValueError, match="span 42 px"):
     _method("jigsaw", cell_size=14, tile_size=12)

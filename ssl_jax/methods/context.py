@@ -102,7 +102,7 @@ class Context(pretext.PretextClassifier):
   def pretext_inputs(self, rng, images, state):
     del state
     m = self.config.method
-    unit = pretext.unit_images(images)
+    unit = augment.uint8_to_unit(images)
     patches, labels = jax.vmap(self.patch_pair)(jax.random.split(rng, unit.shape[0]), unit)
     patches = augment.normalize(patches, tuple(m.mean), tuple(m.std))
     return patches.reshape((-1,) + patches.shape[2:]), labels

@@ -79,7 +79,7 @@ class Jigsaw(pretext.PretextClassifier):
     return pretext_views.normalize_per_tile(tiles[permutations[label]]), label
 
   def pretext_inputs(self, rng, images, state):
-    unit = pretext.unit_images(images)
+    unit = augment.uint8_to_unit(images)
     keys = jax.random.split(rng, unit.shape[0])
     tiles, labels = jax.vmap(self.shuffled_tiles, in_axes=(0, 0, None))(
         keys, unit, state["permutations"])

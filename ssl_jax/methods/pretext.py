@@ -165,15 +165,17 @@ class PretextClassifier(base.Method):
   def features(self, params, state, images):
     """Block `method.feature_block` of the backbone on the whole (evaluation-view) image."""
     block = self.config.method.feature_block
-    variables = {"params": params["encoder"]}
-    if "encoder" in state["batch_stats"]:
-      variables["batch_stats"] = state["batch_stats"]["encoder"]
     inputs = self.eval_inputs(images)
     if block == -1 or block == self.num_blocks:
-      return self.encoder.apply(variables, inputs, train=False)["pooled"].astype(jnp.float32)
+      return self.encoder.apply(self._encoder_variables(params, state), inputs,
+                                train=False)["pooled"].astype(jnp.float32)
+    return self.block_features(params, state, inputs, block)
+
+  def block_features(self, params, state, inputs, block: int):
+    """[B, width of block] summary of block `block` (1-based) on preprocessed `inputs`."""
     name = self._block_module_name(block)
     _, captured = self.encoder.apply(
-        variables, inputs, train=False, mutable=["intermediates"],
+        self._encoder_variables(params, state), inputs, train=False, mutable=["intermediates"],
         capture_intermediates=lambda module, method: method == "__call__" and module.name == name)
     x = captured["intermediates"][name]["__call__"][0]
     if isinstance(self.encoder, resnet.ResNet):
@@ -183,9 +185,8 @@ class PretextClassifier(base.Method):
     pooled = normed[:, 0] if self.encoder.pool == "cls" else jnp.mean(normed[:, 1:], axis=1)
     return pooled.astype(jnp.float32)
 
-
-def unit_images(images: jax.Array) -> jax.Array:
-  """uint8 canvas -> float32 in [0, 1] (the tile croppers work on unit-range pixels)."""
-  if images.dtype != jnp.uint8:
-    raise ValueError(f"Expected uint8 images (as the host pipeline yields), got {images.dtype}.")
-  return images.astype(jnp.float32) / 255.0
+  def _encoder_variables(self, params, state):
+    variables = {"params": params["encoder"]}
+    if "encoder" in state["batch_stats"]:
+      variables["batch_stats"] = state["batch_stats"]["encoder"]
+    return variables
