@@ -143,3 +143,31 @@ def mae_cpu_budget(config):
   config.total_steps = 300
   config.checkpoint_every = 150
   config.eval.protocols = "knn,linear,fewshot"
+
+
+def pretext_classifier_defaults(config):
+  """ResNet-50 trained with SGD (momentum 0.9, wd 5e-4): the classification pretext papers'
+  optimiser (RotNet, jigsaw, context prediction), which the ImageNet and CIFAR presets keep."""
+  config.model.name, config.model.stem = "resnet50", "imagenet"
+  config.optim.name = "sgd"
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+
+
+def pretext_classifier_preset(config, preset):
+  """The backbone and data of the classification pretext tasks' shared presets (the
+  task-specific keys are set by each config): smoke = tiny ViT with AdamW on digits; cifar10 =
+  ResNet-18 with the CIFAR stem; imagenet = ResNet-50 in bfloat16; cpu = `cpu_budget`."""
+  if preset == "smoke":
+    smoke_data(config)
+    tiny_vit(config)
+    vit_adamw(config, lr=2e-3, warmup_steps=5)
+  elif preset == "cifar10":
+    cifar10_data(config)
+    config.model.name, config.model.stem = "resnet18", "cifar"
+  elif preset == "imagenet":
+    imagenet_data(config)
+    config.model.name, config.model.stem = "resnet50", "imagenet"
+    config.model.dtype = "bfloat16"
+  elif preset == "cpu":
+    cpu_budget(config)

@@ -317,7 +317,8 @@ def _view_of_one_image(rng: chex.PRNGKey, image: jax.Array,
   return image
 
 
-def _uint8_to_unit(images: jax.Array) -> jax.Array:
+def uint8_to_unit(images: jax.Array) -> jax.Array:
+  """uint8 [B, H, W, C] (as the host pipeline yields) -> float32 in [0, 1]."""
   if images.dtype != jnp.uint8:
     raise ValueError(f"Expected uint8 images (as the host pipeline yields), got {images.dtype}.")
   chex.assert_rank(images, 4)
@@ -332,7 +333,7 @@ def make_views(rng: chex.PRNGKey, images: jax.Array,
   the batch and a function of `rng` alone.
   """
   _check_probabilities(view)
-  unit = _uint8_to_unit(images)
+  unit = uint8_to_unit(images)
   keys = jax.random.split(rng, unit.shape[0])
   views = jax.vmap(lambda key, image: _view_of_one_image(key, image, view))(keys, unit)
   return normalize(views, tuple(view.mean), tuple(view.std))
@@ -341,7 +342,7 @@ def make_views(rng: chex.PRNGKey, images: jax.Array,
 def eval_view(images: jax.Array, *, size: int, mean: Sequence[float],
               std: Sequence[float]) -> jax.Array:
   """The deterministic view: uint8 [B,H,W,C] -> float32 [B,size,size,C], resized if needed."""
-  unit = _uint8_to_unit(images)
+  unit = uint8_to_unit(images)
   if unit.shape[1:3] != (size, size):
     unit = jax.image.resize(unit, (unit.shape[0], size, size, unit.shape[-1]), method="linear",
                             antialias=True)

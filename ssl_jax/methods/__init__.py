@@ -23,6 +23,9 @@ _METHODS: dict[str, str] = {
     "dino": "ssl_jax.methods.dino:DINO",
     "lejepa": "ssl_jax.methods.lejepa:LeJEPA",
     "supervised": "ssl_jax.methods.supervised:Supervised",
+    "rotation": "ssl_jax.methods.rotation:Rotation",
+    "jigsaw": "ssl_jax.methods.jigsaw:Jigsaw",
+    "context": "ssl_jax.methods.context:Context",
 }
 
 
@@ -40,6 +43,9 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "dino": "ssl_jax.methods.dino:default_method_config",
     "lejepa": "ssl_jax.methods.lejepa:default_method_config",
     "supervised": "ssl_jax.methods.supervised:default_method_config",
+    "rotation": "ssl_jax.methods.rotation:default_method_config",
+    "jigsaw": "ssl_jax.methods.jigsaw:default_method_config",
+    "context": "ssl_jax.methods.context:default_method_config",
 }
 
 
