@@ -3,7 +3,7 @@
 * `ab_gamut_bins`: the output classes, the centres of a grid-10 quantisation of the ab plane that
   are in the sRGB gamut (Sec. 2.1). The paper keeps Q = 313 bins from its released
   `pts_in_hull.npy`, whose derivation is not published; here the set is derived: a 65^3 grid of
-  the RGB cube (every 4th 8-bit level plus 255) is converted to Lab (`ssl_jax.colorspace`, D65)
+  the RGB cube (levels 0, 1/64, ..., 1 per channel) is converted to Lab (`ssl_jax.colorspace`, D65)
   and each ab value is rounded to the nearest multiple of 10; the bins hit are kept. That gives
   Q = 261 bins (finer RGB grids, up to all 256^3 colours, add none), a in [-90, 100] and
   b in [-110, 90]. The official 313 include bins that no sRGB colour rounds to (their set is
@@ -33,8 +33,9 @@ RGB_SAMPLES_PER_AXIS = 65
 def _ab_gamut_bins(grid_size: float, samples_per_axis: int) -> np.ndarray:
   levels = np.linspace(0.0, 1.0, samples_per_axis, dtype=np.float32)
   rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
-  # On the CPU backend so the set (and Q) is the same whatever accelerator the run uses.
-  with jax.default_device(jax.devices("cpu")[0]):
+  # On the CPU backend so the set (and Q) is the same whatever accelerator the run uses; eagerly
+  # even when first asked for inside a jitted function.
+  with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
     ab = np.asarray(colorspace.rgb_to_lab(jnp.asarray(rgb)))[:, 1:]
   centres = np.unique(np.round(ab / grid_size).astype(np.int64), axis=0) * grid_size
   return centres.astype(np.float32)  # Sorted by a, then b.

@@ -23,6 +23,8 @@ _METHODS: dict[str, str] = {
     "dino": "ssl_jax.methods.dino:DINO",
     "lejepa": "ssl_jax.methods.lejepa:LeJEPA",
     "supervised": "ssl_jax.methods.supervised:Supervised",
+    "colorization": "ssl_jax.methods.colorization:Colorization",
+    "inpainting": "ssl_jax.methods.inpainting:Inpainting",
 }
 
 
