@@ -42,6 +42,8 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "dino": "ssl_jax.methods.dino:default_method_config",
     "lejepa": "ssl_jax.methods.lejepa:default_method_config",
     "supervised": "ssl_jax.methods.supervised:default_method_config",
+    "colorization": "ssl_jax.methods.colorization:default_method_config",
+    "inpainting": "ssl_jax.methods.inpainting:default_method_config",
 }
 
 
