@@ -1,4 +1,5 @@
-"""Pixel-reconstruction targets and losses of masked image modelling (MAE, Perceptual MAE).
+"""Pixel-reconstruction targets and losses of masked image modelling (MAE, Perceptual MAE,
+Context Encoders' `masked_pixel_mse`).
 
 He et al., "Masked Autoencoders Are Scalable Vision Learners" (2022), Sec. 3 "Reconstruction
 target": the decoder predicts the p*p*C pixels of every patch; the target is optionally
@@ -37,6 +38,18 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
   """MAE loss: per-patch MSE averaged over removed patches only (mask == 1)."""
   per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
   return jnp.sum(per_patch * mask) / jnp.sum(mask)
+
+
+def masked_pixel_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Context Encoders' reconstruction loss (Pathak et al. 2016, Eq. 1): the squared error of
+  [B, H, W, C] images averaged over the pixels where the [B, H, W, 1] `mask` is 1 (the hole)."""
+  image_ops.check_images(pred, "pred")
+  if pred.shape != target.shape or mask.shape != pred.shape[:3] + (1,):
+    raise ValueError(f"pred and target must have one shape [B, H, W, C] and mask [B, H, W, 1]; "
+                     f"got {pred.shape}, {target.shape} and {mask.shape}.")
+  mask = mask.astype(jnp.float32)
+  squared = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  return jnp.sum(squared * mask) / (jnp.sum(mask) * pred.shape[-1])
 
 
 def unnormalize_patch_predictions(predicted_patches: jax.Array, images: jax.Array,

@@ -26,6 +26,8 @@ _METHODS: dict[str, str] = {
     "rotation": "ssl_jax.methods.rotation:Rotation",
     "jigsaw": "ssl_jax.methods.jigsaw:Jigsaw",
     "context": "ssl_jax.methods.context:Context",
+    "colorization": "ssl_jax.methods.colorization:Colorization",
+    "inpainting": "ssl_jax.methods.inpainting:Inpainting",
 }
 
 
@@ -46,6 +48,8 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "rotation": "ssl_jax.methods.rotation:default_method_config",
     "jigsaw": "ssl_jax.methods.jigsaw:default_method_config",
     "context": "ssl_jax.methods.context:default_method_config",
+    "colorization": "ssl_jax.methods.colorization:default_method_config",
+    "inpainting": "ssl_jax.methods.inpainting:default_method_config",
 }
 
 
