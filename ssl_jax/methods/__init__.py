@@ -23,6 +23,7 @@ _METHODS: dict[str, str] = {
     "dino": "ssl_jax.methods.dino:DINO",
     "lejepa": "ssl_jax.methods.lejepa:LeJEPA",
     "supervised": "ssl_jax.methods.supervised:Supervised",
+    "paws": "ssl_jax.methods.paws:PAWS",
 }
 
 
