@@ -21,7 +21,7 @@ paper's soft nearest-neighbour classifier of the projection over the LABELLED su
 `eval/softnn_top1` on the test split).
 
 Presets (comma-separated, later ones win):
-* `smoke`: digits, a tiny ViT, 10 classes x 2 supports, 2 local views; seconds on CPU.
+* `smoke`: digits, a tiny ViT, 10 classes x 4 supports, 2 local views; seconds on CPU.
 * `cifar10`: suncet configs/paws/cifar10_train.yaml on the 10k split of ../shared/data with a
   class-balanced 4000-label subset (per_class:400; the paper's 4000 labels are of 50k):
   unlabelled batch 256, support 10 classes x 64 images x 2 views, 2x32 (crop 0.75-1) + 6x18
@@ -92,7 +92,7 @@ def get_config(arg: str = "smoke"):
       common.smoke_data(config)
       common.tiny_vit(config)
       config.data.train_subset = "per_class:10"
-      _streams(config, classes=10, per_class=2)
+      _streams(config, classes=10, per_class=4)
       _views(config, global_size=32, global_scale=(0.5, 1.0), local_size=16,
              local_scale=(0.2, 0.5), strength=0.5, blur_prob=0.0)
       m.local_crops_number = 2
