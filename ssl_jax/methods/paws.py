@@ -139,7 +139,9 @@ class PAWS(base.Method):
 
   def init(self, rng, batch):
     del batch
-    self.support_classes  # noqa: B018  (the stream check, at init rather than mid-trace)
+    if self.support_classes < 2:  # Also checks the streams, at init rather than mid-trace.
+      raise ValueError("PAWS's support stream needs classes >= 2: with one class every "
+                       "prediction is that class and the loss carries no signal.")
     sizes = [self._m.global_view.size] + ([self._m.local_view.size]
                                           if self._m.local_crops_number else [])
     groups = [jnp.zeros((2, s, s, 3), jnp.float32) for s in sizes]
