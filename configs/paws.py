@@ -33,7 +33,7 @@ Presets (comma-separated, later ones win):
   head, LARS lr 6.4 to 0.064, wd 1e-6, 10 warm-up epochs, 300 epochs (Table 1's row).
 * `10pct`: with `imagenet`, the 10% subset (configs/paws/imgnt_10percent.yaml).
 * `cpu`: with `cifar10`, the fixed CPU budget shared by every method (`common.cpu_budget`: ViT,
-  batch 256, 200 steps, AdamW), support 10 x 16, one support view.
+  batch 256, 200 steps, AdamW), support 10 x 16, one support view, 16 px local views.
 
 The suncet schedule warms up from `start_lr` (0.08 / 0.3) rather than 0; here warm-up starts at
 0 (the loop's schedule). The support set is one global draw (see ssl_jax/methods/paws.py).
@@ -127,5 +127,6 @@ def get_config(arg: str = "smoke"):
       common.cpu_budget(config)
       _streams(config, classes=10, per_class=16)
       m.support_views = 1
+      m.local_view.size = 16  # The ViT's 4 px patches: 18 px would not tile (SwAV's cpu: 16).
       config.eval.protocols = "knn,linear,softnn"
   return config
