@@ -40,6 +40,7 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "swav": "ssl_jax.methods.swav:default_method_config",
     "dino": "ssl_jax.methods.dino:default_method_config",
     "lejepa": "ssl_jax.methods.lejepa:default_method_config",
+    "paws": "ssl_jax.methods.paws:default_method_config",
     "supervised": "ssl_jax.methods.supervised:default_method_config",
 }
 
