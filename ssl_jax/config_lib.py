@@ -439,10 +439,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   # Frozen-feature evaluators run every eval_every steps and at the end ("" = none):
-  # any of knn, linear (fast logistic-regression probe), fewshot (ridge, 1/5/10/25 shots).
+  # any of knn, linear (fast logistic-regression probe), fewshot (ridge, 1/5/10/25 shots),
+  # softnn (PAWS: soft nearest neighbours of `Method.embeddings` over the labelled
+  # data.train_subset, evaluators/softnn.py).
   c.eval.protocols = "knn"
   c.eval.knn_k = 20
   c.eval.knn_temperature = 0.07
+  c.eval.softnn_temperature = 0.1
   c.eval.batch_size = 256
   c.eval.num_vis_images = 8
   c.eval.online_probe = False   # Linear head on stop-gradient features, trained alongside.

@@ -61,6 +61,8 @@ class RawPixels:
     flat = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
     return flat - params["mean"]
 
+  embeddings = features  # The soft-NN protocol's space (base.Method.embeddings): the pixels.
+
 
 def mean_pixels(source, batch_size: int) -> np.ndarray:
   """The mean flattened canvas of `source` ([S*S*C] float32), over every process's shard."""

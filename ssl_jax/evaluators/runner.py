@@ -16,8 +16,8 @@ import numpy as np
 from absl import logging
 
 from ssl_jax import parallel
-from ssl_jax.data import pipeline, sources
-from ssl_jax.evaluators import fewshot, knn, linear
+from ssl_jax.data import pipeline, sources, subsets
+from ssl_jax.evaluators import fewshot, knn, linear, softnn
 from ssl_jax.methods import base
 
 
@@ -44,12 +44,25 @@ class FeatureEvaluator:
     parallel.check_batch_size(self.batch_size, mesh, what="eval.batch_size")
     self._features = jax.jit(method.features,
                              out_shardings=parallel.batch_sharding(mesh))
+    self._embeddings = jax.jit(method.embeddings,
+                               out_shardings=parallel.batch_sharding(mesh))
+
+  @property
+  def labelled_source(self):
+    """The labelled training records (`data.train_subset` of the eval train split, drawn with
+    `config.seed` as the training streams draw it): the soft-NN bank."""
+    return subsets.apply_subset(self.train_source, self.config.data.train_subset,
+                                seed=self.config.seed)
 
   def _batches(self, source):
     return pipeline.make_eval_batches(source, global_batch_size=self.batch_size)
 
   def extract(self, params, state, source) -> tuple[jax.Array, jax.Array, jax.Array]:
     fn = lambda images: self._features(params, state, images)
+    return knn.extract_features(fn, self._batches(source), mesh=self.mesh)
+
+  def extract_embeddings(self, params, state, source):
+    fn = lambda images: self._embeddings(params, state, images)
     return knn.extract_features(fn, self._batches(source), mesh=self.mesh)
 
   def fixed_images(self, count: int) -> np.ndarray:
@@ -81,6 +94,13 @@ class FeatureEvaluator:
         out = linear.linear_probe(train[0], train[1], test[0], test[1],
                                   num_classes=self.num_classes, seed=self.config.seed, **masks)
         out = {"top1": out["top1"], "top5": out["top5"]}
+      elif protocol == "softnn":
+        bank = self.extract_embeddings(params, state, self.labelled_source)
+        queries = self.extract_embeddings(params, state, self.test_source)
+        out = softnn.soft_nn_eval(bank[0], bank[1], queries[0], queries[1],
+                                  num_classes=self.num_classes,
+                                  temperature=self.config.eval.softnn_temperature,
+                                  bank_mask=bank[2], test_mask=queries[2])
       else:  # fewshot
         full = fewshot.fewshot_eval(train[0], train[1], test[0], test[1],
                                     num_classes=self.num_classes, **masks)
@@ -93,7 +113,7 @@ class FeatureEvaluator:
     return results
 
 
-PROTOCOLS = ("knn", "linear", "fewshot")
+PROTOCOLS = ("knn", "linear", "fewshot", "softnn")
 
 
 def parse_protocols(text: str) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ _METHODS: dict[str, str] = {
     "context": "ssl_jax.methods.context:Context",
     "colorization": "ssl_jax.methods.colorization:Colorization",
     "inpainting": "ssl_jax.methods.inpainting:Inpainting",
+    "paws": "ssl_jax.methods.paws:PAWS",
 }
 
 
@@ -44,6 +45,7 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "swav": "ssl_jax.methods.swav:default_method_config",
     "dino": "ssl_jax.methods.dino:default_method_config",
     "lejepa": "ssl_jax.methods.lejepa:default_method_config",
+    "paws": "ssl_jax.methods.paws:default_method_config",
     "supervised": "ssl_jax.methods.supervised:default_method_config",
     "rotation": "ssl_jax.methods.rotation:default_method_config",
     "jigsaw": "ssl_jax.methods.jigsaw:default_method_config",

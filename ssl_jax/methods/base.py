@@ -9,6 +9,7 @@ non-trainable state (EMA teachers, centres, queues, BatchNorm statistics).
     loss(params, state, batch, rng, step)   -> (scalar, (metrics, new_state))
     update_state(params, state, step)       -> state          # after the optimizer step
     features(params, state, images)         -> [B, D]         # for the evaluators
+    embeddings(params, state, images)       -> [B, E]         # soft-NN eval; = features
 
 `batch` is the raw host batch as global arrays: `image` uint8 [B, H, W, C] at the data canvas
 and `label` int32 [B]; every stochastic view is made on device inside `loss` from `rng`.
@@ -63,6 +64,11 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def features(self, params: Params, state: State, images: jax.Array) -> jax.Array:
     """[B, D] representation of uint8 canvas images, for k-NN and linear evaluation."""
+
+  def embeddings(self, params: Params, state: State, images: jax.Array) -> jax.Array:
+    """[B, E] embedding the method's own nearest-neighbour classifier works in (the `softnn`
+    eval protocol; PAWS: its projection); the backbone features by default."""
+    return self.features(params, state, images)
 
   def visualize(self, params: Params, state: State, images: jax.Array,
                 rng: jax.Array) -> dict[str, jax.Array]:
