@@ -1,6 +1,7 @@
 """Backbone names -> Flax modules.
 
-Names: 'vit_{ti,s,b,l,h}{4,8,14,16}' (e.g. 'vit_s16' = ViT-S/16), 'resnet18', 'resnet50'.
+Names: 'vit_{ti,s,b,l,h}{4,8,14,16}' (e.g. 'vit_s16' = ViT-S/16), 'resnet18', 'resnet50',
+'wrn_<depth>_<width>' (Wide ResNets, e.g. 'wrn_28_2' = FixMatch's WRN-28-2).
 """
 import re
 from typing import Any
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 
 from ssl_jax.models import resnet
 from ssl_jax.models import vit
+from ssl_jax.models import wide_resnet
 
 # Widths, depths and heads of Touvron et al. (DeiT: ti, s) and Dosovitskiy et al. (b, l, h).
 VIT_VARIANTS = {
@@ -24,12 +26,15 @@ RESNET_NAMES = {"resnet18": 18, "resnet50": 50}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 _VIT_NAME = re.compile(r"vit_(ti|s|b|l|h)(\d+)")
+_WIDE_RESNET_NAME = re.compile(r"wrn_(\d+)_(\d+)")
+# FixMatch's CIFAR-10 and CIFAR-100 backbones; any wrn_<6n+4>_<width> is accepted.
+WIDE_RESNET_EXAMPLES = ("wrn_28_2", "wrn_28_8")
 
 
 def valid_names() -> list[str]:
   """Every accepted backbone name."""
   vits = [f"vit_{variant}{patch}" for variant in VIT_VARIANTS for patch in VIT_PATCH_SIZES]
-  return vits + sorted(RESNET_NAMES)
+  return vits + sorted(RESNET_NAMES) + list(WIDE_RESNET_EXAMPLES)
 
 
 def _unknown_name_error(name: str) -> ValueError:
@@ -68,6 +73,13 @@ def build_encoder(model_config) -> nn.Module:
       raise ValueError(f"model.stem must be one of {resnet.RESNET_STEMS}, got {stem!r}.")
     return resnet.ResNet(depth=RESNET_NAMES[name], stem=stem, dtype=dtype,
                          param_dtype=jnp.float32)
+  wide = _WIDE_RESNET_NAME.fullmatch(name)
+  if wide is not None:
+    depth, width = int(wide.group(1)), int(wide.group(2))
+    if depth < 10 or (depth - 4) % 6 or width < 1:
+      raise ValueError(f"model.name={name!r}: a Wide ResNet is wrn_<depth>_<width> with depth "
+                       f"6n + 4 >= 10 and width >= 1, e.g. 'wrn_28_2'.")
+    return wide_resnet.WideResNet(depth=depth, width=width, dtype=dtype, param_dtype=jnp.float32)
   if not name.startswith("vit_"):
     raise _unknown_name_error(name)
   variant, patch_size = parse_vit_name(name)
