@@ -242,7 +242,7 @@ _CHOICES = {
     "model.stem": ("imagenet", "cifar"),
     "optim.name": ("adamw", "lars", "lamb", "sgd", "larc_sgd"),  # optim.OPTIMIZERS
     "optim.lr_scaling": ("linear", "none"),
-    "optim.schedule": ("cosine", "constant"),
+    "optim.schedule": ("cosine", "constant", "fixmatch_cosine"),
 }
 _INTEGERS = ("seed", "batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every",
              "keep_checkpoints", "mesh.data", "mesh.fsdp", "data.image_size",
@@ -412,7 +412,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.name = "adamw"        # adamw | lars | lamb | sgd | larc_sgd (SwAV)
   c.optim.lr = 1.5e-4           # Base lr at batch 256; scaled by batch_size/256 if lr_scaling.
   c.optim.lr_scaling = "linear"  # linear | none
-  c.optim.schedule = "cosine"   # cosine | constant
+  c.optim.schedule = "cosine"   # cosine | constant | fixmatch_cosine (lr cos(7 pi k / 16 K))
   c.optim.warmup_steps = 0      # Or warmup_epochs; not both.
   c.optim.warmup_epochs = 0.0
   c.optim.warmup_start_lr = 0.0  # The lr at step 0 (absolute, not scaled).
@@ -430,6 +430,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.momentum = 0.9        # sgd / lars / larc_sgd
+  c.optim.nesterov = False      # sgd: Nesterov momentum (FixMatch).
   c.optim.trust_coefficient = 0.001  # lars / larc_sgd
   c.optim.grad_clip_norm = 0.0  # Global-norm clipping; 0 disables.
   c.optim.clip_per_tensor = 0.0  # Each tensor's gradient clipped to this norm (DINO); 0 disables.

@@ -43,7 +43,7 @@ from ssl_jax.data import pipeline, sources, streams
 from ssl_jax.evaluators import runner
 from ssl_jax.methods import build_method
 
-PROTOCOLS = runner.PROTOCOLS + ("classifier",)
+PROTOCOLS = runner.PROTOCOLS
 INITS = ("checkpoint", "random", "raw")
 DEFAULT_PROTOCOLS = ("knn", "linear", "fewshot")
 
@@ -76,29 +76,6 @@ def mean_pixels(source, batch_size: int) -> np.ndarray:
     total = multihost_utils.process_allgather(total).sum(axis=0)
     count = int(multihost_utils.process_allgather(np.asarray(count)).sum())
   return (total / max(count, 1)).astype(np.float32)
-
-
-@jax.jit
-def _count_correct(logits, labels, mask):
-  num_top = min(5, logits.shape[-1])
-  top = jax.lax.top_k(logits, num_top)[1]
-  hits = top == labels[:, None]
-  return (jnp.sum(hits[:, 0] & mask), jnp.sum(jnp.any(hits, axis=-1) & mask))
-
-
-def classifier_accuracy(method, params, state, source, *, batch_size: int,
-                        mesh) -> dict[str, float]:
-  """Top-1 / top-5 of a method's own classifier (`method.logits`) on every record of `source`."""
-  sharding = parallel.batch_sharding(mesh)
-  logits_fn = jax.jit(method.logits, out_shardings=sharding)
-  top1 = top5 = count = 0
-  for batch in pipeline.make_eval_batches(source, global_batch_size=batch_size):
-    image, label, mask = (jax.make_array_from_process_local_data(sharding, batch[key])
-                          for key in ("image", "label", "mask"))
-    correct1, correct5 = _count_correct(logits_fn(params, state, image), label, mask)
-    top1, top5 = top1 + int(correct1), top5 + int(correct5)
-    count += int(jnp.sum(mask))
-  return {"top1": top1 / count, "top5": top5 / count}
 
 
 def parse_protocols(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -195,7 +172,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       raise EvaluationError(f"The dataset has {evaluator.num_classes} classes but the head has "
                             f"method.num_classes={config.method.num_classes}.")
     start = time.time()
-    scores = classifier_accuracy(evaluated, params, state, evaluator.test_source,
+    scores = runner.classifier_accuracy(evaluated, params, state, evaluator.test_source,
                                  batch_size=evaluator.batch_size, mesh=mesh)
     metrics.update({f"eval/classifier_{k}": v for k, v in scores.items()})
     metrics["eval/classifier_seconds"] = time.time() - start

@@ -51,7 +51,7 @@ from ssl_jax.methods.online_probe import PROBE_KEY
 Schedule = Callable[[jax.Array], jax.Array]
 
 OPTIMIZERS = ("adamw", "lars", "lamb", "sgd", "larc_sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "fixmatch_cosine")
 PROJECTIONS = ("", "unit_columns")
 
 # Keys only a group has, with the value a parameter outside every group gets.
@@ -124,7 +124,9 @@ def warmup_cosine(*, peak: float, total_steps: int, warmup_steps: int, end_value
                      utils.cosine_scheduler, SwAV's main_swav.py; W = 1 gives `start`).
   Then, for W <= s <= T (T = total_steps), cosine over the remaining T - W steps:
     end + (peak - end) * (1 + cos(pi * (s - W) / (T - W))) / 2,
-  held at `end` after T; with decay='constant', `peak` from W on.
+  held at `end` after T; with decay='constant', `peak` from W on; with decay='fixmatch_cosine'
+  (FixMatch, Sohn et al. 2020, Sec. 4: lr cos(7 pi k / 16 K)), peak * cos(7 pi p / 16) for the
+  same progress p, ending at ~0.2 of the peak rather than at `end`.
   """
   if decay not in SCHEDULES:
     raise config_lib.ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {decay!r}.")
@@ -139,10 +141,12 @@ def warmup_cosine(*, peak: float, total_steps: int, warmup_steps: int, end_value
     warming = (start_value - peak) * (1.0 - s / ramp) + peak
     if linspace and warmup == 1:
       warming = jnp.full_like(s, start_value)
+    progress = jnp.clip(s - warmup, 0, decay_steps) / decay_steps
     if decay == "constant":
       after = jnp.full_like(s, peak)
+    elif decay == "fixmatch_cosine":
+      after = peak * jnp.cos(7.0 * math.pi * progress / 16.0)
     else:
-      progress = jnp.clip(s - warmup, 0, decay_steps) / decay_steps
       after = end_value + (peak - end_value) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
     return jnp.where(s < warmup, warming, after)
 
@@ -388,7 +392,8 @@ def _base_optimizer(settings: Mapping[str, Any], learning_rate, weight_decay,
                        decay, optax.scale_by_trust_ratio(),
                        optax.scale_by_learning_rate(learning_rate))
   if name == "sgd":
-    return optax.chain(decay, optax.sgd(learning_rate, momentum=settings["momentum"]))
+    return optax.chain(decay, optax.sgd(learning_rate, momentum=settings["momentum"],
+                                        nesterov=settings["nesterov"]))
   if name == "larc_sgd":
     if callable(weight_decay):
       raise config_lib.ConfigError("optim.name='larc_sgd' takes a constant weight decay; set "

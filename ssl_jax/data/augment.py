@@ -145,6 +145,39 @@ def random_flip(rng: chex.PRNGKey, image: jax.Array, prob: float = 0.5) -> jax.A
   return _apply_with_prob(jax.random.uniform(rng), prob, image[:, ::-1], image)
 
 
+def random_translate(rng: chex.PRNGKey, image: jax.Array, max_shift: int) -> jax.Array:
+  """Shifts [H, W, C] by up to `max_shift` pixels each way, reflecting at the borders.
+
+  FixMatch's weak augmentation (google-research/fixmatch `libml/data.py` `augment_shift`):
+  reflect-pad by `max_shift`, then a uniformly placed H x W crop.
+  """
+  if max_shift <= 0:
+    return image
+  height, width = image.shape[:2]
+  padded = jnp.pad(image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)),
+                   mode="reflect")
+  top, left = jax.random.randint(rng, (2,), 0, 2 * max_shift + 1)
+  return jax.lax.dynamic_slice(padded, (top, left, 0), (height, width, image.shape[2]))
+
+
+def cutout(rng: chex.PRNGKey, image: jax.Array, max_fraction: float,
+           fill: float = 0.5) -> jax.Array:
+  """Sets a square of side U(0, max_fraction) * width, centred anywhere, to `fill` (gray).
+
+  FixMatch's Cutout (Sohn et al. 2020, Table 12: side L * width, L in [0, 0.5]), clipped at
+  the image border as DeVries & Taylor 2017 do.
+  """
+  height, width = image.shape[:2]
+  size_key, y_key, x_key = jax.random.split(rng, 3)
+  half = jax.random.uniform(size_key, (), minval=0.0, maxval=max_fraction) * width / 2
+  cy = jax.random.uniform(y_key, (), maxval=height)
+  cx = jax.random.uniform(x_key, (), maxval=width)
+  rows = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
+  cols = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
+  inside = (jnp.abs(rows - cy) < half) & (jnp.abs(cols - cx) < half)
+  return jnp.where(inside[..., None], jnp.asarray(fill, image.dtype), image)
+
+
 def grayscale(image: jax.Array) -> jax.Array:
   """Luma (torchvision weights) tiled back to 3 channels."""
   luma = jnp.tensordot(image, jnp.asarray(_LUMA_WEIGHTS, image.dtype), axes=(-1, 0))

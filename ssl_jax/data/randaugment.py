@@ -3,7 +3,8 @@
 MAE and DeiT fine-tune with timm's `rand_augment_transform('rand-m9-mstd0.5-inc1')`: for every
 image, `num_layers` (2) ops are drawn uniformly *with replacement* from the 15 "increasing"
 ops below; each is applied with probability `prob` (0.5) at a magnitude drawn per application
-from N(magnitude, magnitude_std) and clipped to [0, 10]. Op arguments follow timm
+from N(magnitude, magnitude_std) and clipped to [0, 10]; magnitude_std = inf draws it from
+U(0, magnitude) instead (timm's `_randomize_magnitude`; FixMatch's random-magnitude RA). Op arguments follow timm
 (`auto_augment.py`, level = magnitude / 10):
 
   AutoContrast, Equalize, Invert             no argument
@@ -222,7 +223,10 @@ def rand_augment(rng: jax.Array, image: jax.Array, *, num_layers: int = 2,
     op_rng, draws_rng, noise_rng = jax.random.split(layer_rng, 3)
     op_index = jax.random.randint(op_rng, (), 0, len(OP_NAMES))
     apply_draw, sign_draw = jax.random.uniform(draws_rng, (2,))
-    level = magnitude + magnitude_std * jax.random.normal(noise_rng)
+    if magnitude_std == float("inf"):
+      level = jax.random.uniform(noise_rng, (), maxval=magnitude)
+    else:
+      level = magnitude + magnitude_std * jax.random.normal(noise_rng)
     level = jnp.clip(level, 0.0, MAX_LEVEL) / MAX_LEVEL
     sign = jnp.where(sign_draw > 0.5, -1.0, 1.0)  # timm negates when random() > 0.5.
     transformed = apply_op(op_index, image, level, sign, fill)
