@@ -402,6 +402,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pos_embed = "learn"
   c.model.drop_path_rate = 0.0
   c.model.stem = "cifar"
+  c.model.batch_norm_momentum = 0.999  # Wide ResNets (wrn_*): FixMatch's; ResNets keep 0.9.
 
   c.method = ml_collections.ConfigDict()
   c.method.name = ""

@@ -29,6 +29,9 @@ _METHODS: dict[str, str] = {
     "colorization": "ssl_jax.methods.colorization:Colorization",
     "inpainting": "ssl_jax.methods.inpainting:Inpainting",
     "paws": "ssl_jax.methods.paws:PAWS",
+    "pseudo_label": "ssl_jax.methods.pseudo_label:PseudoLabel",
+    "mean_teacher": "ssl_jax.methods.mean_teacher:MeanTeacher",
+    "fixmatch": "ssl_jax.methods.fixmatch:FixMatch",
 }
 
 

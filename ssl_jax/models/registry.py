@@ -60,8 +60,10 @@ def build_encoder(model_config) -> nn.Module:
   """Builds the backbone named by `model_config.name`; params are always float32.
 
   Keys read (others ignored, missing ones take the default): name; dtype ('float32');
-  ViT: pool ('cls'), class_token (True), pos_embed ('learn'), drop_path_rate (0.0), hidden_size / depth /
-  num_heads (0: the variant's own); ResNet: stem ('imagenet').
+  ViT: pool ('cls'), class_token (True), pos_embed ('learn'), drop_path_rate (0.0), hidden_size /
+  depth / num_heads (0: the variant's own); ResNet: stem ('imagenet'); Wide ResNet:
+  batch_norm_momentum (0.999, FixMatch's; short runs need less, or the running statistics stay
+  at their init).
   """
   name = model_config.get("name", None)
   if name is None:
@@ -79,7 +81,11 @@ def build_encoder(model_config) -> nn.Module:
     if depth < 10 or (depth - 4) % 6 or width < 1:
       raise ValueError(f"model.name={name!r}: a Wide ResNet is wrn_<depth>_<width> with depth "
                        f"6n + 4 >= 10 and width >= 1, e.g. 'wrn_28_2'.")
-    return wide_resnet.WideResNet(depth=depth, width=width, dtype=dtype, param_dtype=jnp.float32)
+    momentum = float(model_config.get("batch_norm_momentum", wide_resnet.BATCH_NORM_MOMENTUM))
+    if not 0.0 <= momentum < 1.0:
+      raise ValueError(f"model.batch_norm_momentum must be in [0, 1), got {momentum}.")
+    return wide_resnet.WideResNet(depth=depth, width=width, batch_norm_momentum=momentum,
+                                  dtype=dtype, param_dtype=jnp.float32)
   if not name.startswith("vit_"):
     raise _unknown_name_error(name)
   variant, patch_size = parse_vit_name(name)

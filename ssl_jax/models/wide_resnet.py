@@ -10,7 +10,8 @@ filters=32 for WRN-28-2), which the semi-supervised papers compare on (Oliver et
   stage; strides 1, 2, 2; a last BN -> leaky ReLU -> global average;
 * convolutions keep their bias (tf.layers.conv2d's default) and start from
   N(0, 2 / (k * k * out_channels)) (fixmatch's `conv_args`); 'SAME' padding as TensorFlow;
-* BatchNorm momentum 0.999 (TF/Flax convention; PyTorch's 0.001), epsilon 1e-3 (TF's default).
+* BatchNorm momentum 0.999 (TF/Flax convention; PyTorch's 0.001) by default, epsilon 1e-3
+  (TF's default).
 
 WRN-28-2 with a 10-class linear head has 1,469,642 parameters (the papers' "1.5M"): the
 1,467,610 of the bias-free PyTorch ports (kekmodel/FixMatch-pytorch) plus 2,032 conv biases.
@@ -42,12 +43,14 @@ class WideBlock(nn.Module):
   features: int
   stride: int = 1
   activate_before_residual: bool = False
+  batch_norm_momentum: float = BATCH_NORM_MOMENTUM
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x0: jax.Array, *, train: bool) -> jax.Array:
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+    norm = lambda name: nn.BatchNorm(use_running_average=not train,
+                                     momentum=self.batch_norm_momentum,
                                      epsilon=BATCH_NORM_EPSILON, dtype=self.dtype,
                                      param_dtype=self.param_dtype, name=name)
     act = lambda y: nn.leaky_relu(y, LEAKY_RELU_SLOPE)
@@ -66,6 +69,7 @@ class WideResNet(nn.Module):
   """WRN-`depth`-`width` encoder returning the pooled features and the last feature map."""
   depth: int = 28
   width: int = 2
+  batch_norm_momentum: float = BATCH_NORM_MOMENTUM
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -89,10 +93,11 @@ class WideResNet(nn.Module):
       features = 16 * self.width << scale
       for index in range(repeat):
         x = WideBlock(features, stride=2 if scale and index == 0 else 1,
-                      activate_before_residual=scale == 0 and index == 0, dtype=self.dtype,
+                      activate_before_residual=scale == 0 and index == 0,
+                      batch_norm_momentum=self.batch_norm_momentum, dtype=self.dtype,
                       param_dtype=self.param_dtype, name=f"stage{scale + 1}_block{index + 1}")(
                           x, train=train)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum,
                      epsilon=BATCH_NORM_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="final_bn")(x)
     x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)
