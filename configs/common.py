@@ -175,6 +175,8 @@ def pretext_classifier_preset(config, preset):
     config.model.dtype = "bfloat16"
   elif preset == "cpu":
     cpu_budget(config)
+
+
 # ----------------------------------------------------------------------------- semi-supervised
 # Pseudo-label, Mean Teacher and FixMatch read two streams (ssl_jax/data/streams.py): the
 # class-balanced labelled subset `data.train_subset` and every train record with its label
