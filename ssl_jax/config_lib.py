@@ -309,9 +309,9 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
   if present:
     from ssl_jax.models import registry  # pylint: disable=g-import-not-at-top
 
-    if name not in registry.valid_names():
-      raise ConfigError(f"model.name must be one of {', '.join(registry.valid_names())}; got "
-                        f"{name!r}.")
+    if not registry.is_valid_name(name):
+      raise ConfigError(f"model.name must be one of {', '.join(registry.valid_names())} (or any "
+                        f"wrn_<6n+4>_<width>); got {name!r}.")
   for key in _INTEGERS:
     present, value = _lookup(config, key)
     if present and not (_is_number(value) and float(value).is_integer()):

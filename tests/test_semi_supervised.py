@@ -168,8 +168,9 @@ def test_rampups_follow_their_formulas():
 def test_fixmatch_learning_rate_is_cos_7_pi_k_over_16_K():
   from ssl_jax import optim
   config = config_lib.load_config(f"{REPO}/configs/fixmatch.py:cifar10")
-  schedule = optim.make_schedule(config.optim, batch_size=config.batch_size, total_steps=1000,
-                                 steps_per_epoch=10)
+  schedule = optim.learning_rate_schedule(optim.group_settings(config.optim)["base"],
+                                         batch_size=config.batch_size, total_steps=1000,
+                                         steps_per_epoch=10)
   k = np.array([0, 250, 999, 1000])
   np.testing.assert_allclose([float(schedule(i)) for i in k],
                              0.03 * np.cos(7 * np.pi * k / (16 * 1000)), rtol=1e-5)

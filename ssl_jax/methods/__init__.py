@@ -55,6 +55,9 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "context": "ssl_jax.methods.context:default_method_config",
     "colorization": "ssl_jax.methods.colorization:default_method_config",
     "inpainting": "ssl_jax.methods.inpainting:default_method_config",
+    "pseudo_label": "ssl_jax.methods.pseudo_label:default_method_config",
+    "mean_teacher": "ssl_jax.methods.mean_teacher:default_method_config",
+    "fixmatch": "ssl_jax.methods.fixmatch:default_method_config",
 }
 
 

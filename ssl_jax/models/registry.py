@@ -37,6 +37,15 @@ def valid_names() -> list[str]:
   return vits + sorted(RESNET_NAMES) + list(WIDE_RESNET_EXAMPLES)
 
 
+def is_valid_name(name: str) -> bool:
+  """A name `build_encoder` accepts: one of `valid_names()` or any wrn_<6n+4>_<width>."""
+  wide = _WIDE_RESNET_NAME.fullmatch(name)
+  if wide is not None:
+    depth, width = int(wide.group(1)), int(wide.group(2))
+    return depth >= 10 and (depth - 4) % 6 == 0 and width >= 1
+  return name in valid_names()
+
+
 def _unknown_name_error(name: str) -> ValueError:
   return ValueError(f"Unknown model name {name!r}; valid names are: {', '.join(valid_names())}.")
 
