@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from ssl_jax import optim, parallel
+from ssl_jax import config_lib, optim, parallel
 from ssl_jax.data import streams
 from ssl_jax.methods import base, build_method, online_probe
 
@@ -128,12 +128,19 @@ def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoc
   for name, batch_size in ({"": sizes} if isinstance(sizes, int) else sizes).items():
     parallel.check_batch_size(batch_size, mesh,
                               what=f"data.streams.{name}.batch_size" if name else "batch_size")
-  method = build_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-  if config.eval.online_probe:
-    method = online_probe.with_online_probe(method, num_classes)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   sample = streams.batch_shapes(config)  # global shapes
-  params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], init_rng, sample)
+  try:
+    method = build_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    if config.eval.online_probe:
+      method = online_probe.with_online_probe(method, num_classes)
+    params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], init_rng, sample)
+  except config_lib.ConfigError:
+    raise
+  except ValueError as e:
+    # A method checks its own `method.*` / `model.*` values when it is built and initialised
+    # (e.g. a view size the patch size does not divide): a config error, reported as one.
+    raise config_lib.ConfigError(f"{config.method.name}: {e}") from e
   tx, schedule = optim.build_optimizer(config, params_shape, total_steps=total_steps,
                                        steps_per_epoch=steps_per_epoch)
 

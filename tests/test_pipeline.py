@@ -90,8 +90,8 @@ def test_orbax_checkpoint_round_trip_of_the_iterator(tmp_path):
 
 
 def test_train_loader_errors_name_the_numbers():
-  with pytest.raises(ValueError, match="global_batch_size 32 is larger than the dataset "
-                     r"\(23 records\)"):
+  with pytest.raises(sources.DataError, match=r"batch of 32 is larger than the dataset "
+                     r"\(23 records\).*at most 23"):
     _loader(global_batch_size=32)
   with pytest.raises(ValueError, match="6 is not divisible by the 4 processes"):
     _loader(global_batch_size=6, process_count=4)

@@ -441,3 +441,13 @@ def test_the_train_command_line_prints_no_traceback(tmp_path):
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert proc.stderr.strip().splitlines()[-1].startswith("train: --workdir"), proc.stderr
+
+
+def test_a_method_rejecting_its_own_values_is_a_config_error_before_any_work(tmp_path):
+  """MAE checks its view size against the patch size when it is built: a ConfigError (one
+  line on the command line), raised by the setup before any workdir file or compile."""
+  from ssl_jax import trainer
+  config = config_lib.load_config(f"{REPO}/configs/mae.py:smoke")
+  config.method.view.size = 30  # not divisible by the 4-pixel patches
+  with pytest.raises(config_lib.ConfigError, match="not divisible by the patch size"):
+    trainer.build(config, total_steps=2, steps_per_epoch=1)

@@ -23,6 +23,8 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from ssl_jax.data import sources
+
 
 def process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   process_index = jax.process_index() if process_index is None else process_index
@@ -76,8 +78,9 @@ def make_train_loader(source, *, global_batch_size: int, seed: int,
   process_index, process_count = process_layout(process_index, process_count)
   batch_size = per_process_batch_size(global_batch_size, process_count)
   if global_batch_size > len(source):
-    raise ValueError(f"global_batch_size {global_batch_size} is larger than the dataset "
-                     f"({len(source)} records); use a batch of at most {len(source)}.")
+    raise sources.DataError(
+        f"The batch of {global_batch_size} is larger than the dataset ({len(source)} records); "
+        f"set --config.batch_size (or the stream's batch_size) to at most {len(source)}.")
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
     raise ValueError(f"seed must be an int in [0, 2**32) for grain's shuffle, got {seed!r}.")
   shard = grain.ShardOptions(shard_index=process_index, shard_count=process_count,
