@@ -38,7 +38,7 @@ from clu import metric_writers
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ssl_jax import config_lib, errors, parallel, runs
+from ssl_jax import errors, parallel, runs
 from ssl_jax.data import pipeline, sources, streams
 from ssl_jax.evaluators import runner
 from ssl_jax.methods import build_method

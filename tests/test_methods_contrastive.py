@@ -20,7 +20,7 @@ import pytest
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, optim, runs, train, trainer
 from ssl_jax.data import augment, sources
-from ssl_jax.losses import contrastive, distillation, queue as queue_lib
+from ssl_jax.losses import contrastive, distillation
 from ssl_jax.methods import build_method, ema, views
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

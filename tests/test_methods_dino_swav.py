@@ -17,10 +17,10 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from ssl_jax import checkpoint, config_lib, runs, train, trainer, viz
+from ssl_jax import checkpoint, config_lib, optim, runs, train, trainer, viz
 from ssl_jax.data import sources
 from ssl_jax.losses import distillation
-from ssl_jax.methods import build_method, dino, swav
+from ssl_jax.methods import build_method, swav
 from ssl_jax.models import heads
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

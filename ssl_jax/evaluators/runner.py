@@ -8,7 +8,6 @@ similarity is computed in chunks of test features, so no host ever holds the who
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
