@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the test suite (CPU) in the project's .venv, creating it first if needed.
-#   bash tests/run.sh                 # the suite (about 15 minutes on 2 cores)
+#   bash tests/run.sh                 # the suite (about 20 minutes on 2 cores)
 #   bash tests/run.sh -k dino         # any pytest arguments
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
