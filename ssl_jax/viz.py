@@ -323,6 +323,55 @@ def attention_main(args: argparse.Namespace) -> list[pathlib.Path]:
 SUBCOMMANDS["attention"] = (add_attention_arguments, attention_main)
 
 
+# ----------------------------------------------------------------------------------------------
+# `pictures`: a run's own `Method.visualize` grids (colorization, inpainting, jigsaw, MAE ...).
+# ----------------------------------------------------------------------------------------------
+
+
+def add_pictures_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help="run directory (config.json + checkpoints/)")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--num_images", type=int, default=8,
+                      help="the first N images of the run's test split (as the loop shows)")
+  parser.add_argument("--seed", type=int, default=0, help="rng of the pictures (masks, puzzles)")
+  parser.add_argument("--output", default="", help="folder for the PNGs (default: W/images)")
+
+
+def pictures_main(args: argparse.Namespace) -> dict[str, pathlib.Path]:
+  """The pictures a run's method draws (`Method.visualize`) for a saved checkpoint.
+
+  The same grids the training loop writes at each evaluation, on the first --num_images images
+  of the run's test split, for any step and with code newer than the run: W/images/<name>_<step>.png.
+  """
+  from ssl_jax import runs
+  from ssl_jax.data import sources
+  from ssl_jax.methods import build_method
+
+  if args.num_images < 1:
+    raise VizError(f"--num_images must be >= 1; got {args.num_images}.")
+  workdir = pathlib.Path(args.workdir)
+  config = runs.load_config(workdir)
+  run = runs.load_checkpoint(workdir, args.step)
+  method = build_method(config)
+  data = config.data
+  test = sources.get_source(data.eval_source or data.source, data.eval_test_split,
+                            image_size=data.image_size, data_dir=data.data_dir or None)
+  images = np.stack([test[i]["image"] for i in range(min(args.num_images, len(test)))])
+  grids = jax.jit(method.visualize)(run.params, run.method_state or {}, images,
+                                    jax.random.PRNGKey(args.seed))
+  if not grids:
+    raise VizError(f"method {config.method.name!r} draws no pictures (Method.visualize is empty).")
+  output = pathlib.Path(args.output) if args.output else workdir / "images"
+  written = {name: save_png(np.asarray(grid), output / f"{name}_{run.step}.png")
+             for name, grid in grids.items()}
+  for path in written.values():
+    print(f"wrote {path}")
+  return written
+
+
+SUBCOMMANDS["pictures"] = (add_pictures_arguments, pictures_main)
+
+
 # Keep `main` and the `__main__` guard last, so every SUBCOMMANDS entry above is registered.
 def main(argv: list[str] | None = None) -> None:
   """Dispatches to the subcommand named on the command line."""

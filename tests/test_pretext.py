@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib, runs, train
+from ssl_jax import config_lib, runs, train, viz
 from ssl_jax.data import pretext_views
-from ssl_jax.methods import build_method
+from ssl_jax.methods import build_method, jigsaw
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("rotation", "jigsaw", "context")
@@ -78,17 +78,29 @@ def test_jigsaw_tiles_unshuffled_by_the_inverse_permutation_give_back_the_crop()
   method = _method("jigsaw", cell_size=10, tile_size=10)  # no gaps, no jitter
   state = method.extra_state()
   image = jax.random.uniform(jax.random.PRNGKey(0), (30, 30, 3))  # the crop is the image
-  tiles, label = method.shuffled_tiles(jax.random.PRNGKey(1), image, state["permutations"])
+  tiles, label = method.puzzle(jax.random.PRNGKey(1), image, state["permutations"])
   permutation = np.asarray(state["permutations"][label])
   unshuffled = np.asarray(tiles)[np.argsort(permutation)]
-  grid = unshuffled.reshape(3, 3, 10, 10, 3).transpose(0, 2, 1, 3, 4).reshape(30, 30, 3)
-  original_tiles = np.asarray(image).reshape(3, 10, 3, 10, 3).transpose(0, 2, 1, 3, 4)
-  expected = np.asarray(pretext_views.normalize_per_tile(jnp.asarray(original_tiles)))
-  np.testing.assert_allclose(grid, expected.transpose(0, 2, 1, 3, 4).reshape(30, 30, 3),
-                             atol=1e-5)
-  # Each tile on its own: zero mean, unit std per channel.
-  np.testing.assert_allclose(tiles.mean(axis=(1, 2)), 0.0, atol=1e-5)
-  np.testing.assert_allclose(tiles.std(axis=(1, 2)), 1.0, atol=1e-3)
+  np.testing.assert_array_equal(jigsaw.tile_mosaic(jnp.asarray(unshuffled), gap=0), image)
+  # What the network sees: each tile on its own at zero mean, unit std per channel.
+  images = jnp.asarray(np.asarray(image) * 255, jnp.uint8)[None]
+  crops, labels = method.pretext_inputs(jax.random.PRNGKey(1), images, state)
+  assert crops.shape == (9, 10, 10, 3) and labels.shape == (1,)
+  np.testing.assert_allclose(crops.mean(axis=(1, 2)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(crops.std(axis=(1, 2)), 1.0, atol=1e-3)
+
+
+def test_jigsaw_picture_shows_the_puzzle_and_both_solutions():
+  method = _method("jigsaw", cell_size=10, tile_size=8)
+  images = jax.random.randint(jax.random.PRNGKey(0), (2, 32, 32, 3), 0, 256).astype(jnp.uint8)
+  params, state = method.init(jax.random.PRNGKey(1), {"image": images})
+  grid = method.visualize(params, state, images, jax.random.PRNGKey(2))["jigsaw"]
+  side = 3 * (8 + 2) + 2
+  assert grid.shape == (2 * side, 3 * side, 3)
+  assert float(grid.min()) >= 0.0 and float(grid.max()) <= 1.0
+  # The true solution's tiles are the grid's, in order: the same pixels as the puzzle's.
+  puzzle, solved = np.asarray(grid[:side, :side]), np.asarray(grid[:side, 2 * side:])
+  np.testing.assert_allclose(np.sort(puzzle.ravel()), np.sort(solved.ravel()))
 
 
 def test_jigsaw_tiles_stay_in_their_cells_with_random_gaps():
@@ -220,3 +232,6 @@ def test_smoke_run_lowers_its_loss_and_beats_chance(name, steps, tmp_path):
   assert losses[-1] < np.log(num_classes) - 0.3, losses
   assert accuracy[-1] > 1.5 / num_classes, accuracy
   assert result["eval/knn_top1"] > 0.3, result  # 10 classes: chance is 0.1.
+  if name == "jigsaw":  # Its pictures, from the saved run: `python -m ssl_jax.viz pictures`.
+    written = viz.main(["pictures", "--workdir", str(tmp_path), "--num_images", "2"])
+    assert (tmp_path / "images" / f"jigsaw_{steps}.png").is_file(), written

@@ -67,25 +67,62 @@ class Jigsaw(pretext.PretextClassifier):
     permutations = pretext_views.hamming_permutations(self.num_pretext_classes, GRID * GRID)
     return {"permutations": jnp.asarray(permutations)}
 
-  def shuffled_tiles(self, rng, image, permutations):
-    """One image [S, S, C] in [0, 1] -> (tiles [9, t, t, C] in shuffled order, label)."""
+  def puzzle(self, rng, image, permutations):
+    """One image [S, S, C] in [0, 1] -> (its 9 tiles [9, t, t, C] in shuffled order, label).
+
+    Position i of the puzzle holds tile permutations[label, i]; the tiles are not yet
+    normalised (`pretext_inputs` does that, `visualize` shows them as they are)."""
     m = self.config.method
     tile_rng, label_rng = jax.random.split(rng)
     tiles = pretext_views.random_grid_tiles(
         tile_rng, image, grid=GRID, stride=m.cell_size, tile=m.tile_size,
         max_offset=m.cell_size - m.tile_size)
     label = jax.random.randint(label_rng, (), 0, permutations.shape[0])
-    # Position i of the puzzle holds tile permutations[label, i].
-    return pretext_views.normalize_per_tile(tiles[permutations[label]]), label
+    return tiles[permutations[label]], label
 
   def pretext_inputs(self, rng, images, state):
     unit = augment.uint8_to_unit(images)
     keys = jax.random.split(rng, unit.shape[0])
-    tiles, labels = jax.vmap(self.shuffled_tiles, in_axes=(0, 0, None))(
+    tiles, labels = jax.vmap(self.puzzle, in_axes=(0, 0, None))(
         keys, unit, state["permutations"])
+    tiles = pretext_views.normalize_per_tile(tiles)
     return tiles.reshape((-1,) + tiles.shape[2:]), labels
+
+  def solve(self, params, state, tiles):
+    """Shuffled, normalised puzzles [B, 9, t, t, C] -> the predicted permutation index [B]."""
+    variables = self._encoder_variables(params, state)
+    pooled = self.encoder.apply(variables, tiles.reshape((-1,) + tiles.shape[2:]),
+                                train=False)["pooled"].astype(jnp.float32)
+    logits = self.head.apply(
+        {"params": params["head"], "batch_stats": state["batch_stats"]["head"]},
+        pooled.reshape(tiles.shape[0], -1), train=False)
+    return jnp.argmax(logits, axis=-1)
+
+  def visualize(self, params, state, images, rng):
+    """One row per image: the shuffled puzzle | reassembled by the model's predicted
+    permutation | reassembled by the true one (a solved puzzle shows the last two equal)."""
+    permutations = state["permutations"]
+    unit = augment.uint8_to_unit(images)
+    keys = jax.random.split(rng, unit.shape[0])
+    shuffled, labels = jax.vmap(self.puzzle, in_axes=(0, 0, None))(keys, unit, permutations)
+    predicted = self.solve(params, state, pretext_views.normalize_per_tile(shuffled))
+    # Tile j of the image sits at the puzzle position i with permutation[i] == j.
+    unshuffle = jax.vmap(lambda tiles, order: tiles[jnp.argsort(order)])
+    columns = [shuffled, unshuffle(shuffled, permutations[predicted]),
+               unshuffle(shuffled, permutations[labels])]
+    rows = jnp.concatenate([jax.vmap(tile_mosaic)(c) for c in columns], axis=2)
+    return {"jigsaw": jnp.concatenate(list(rows), axis=0)}
 
   def eval_inputs(self, images):
     unit = augment.eval_view(images, size=self.eval_image_size, mean=(0.0, 0.0, 0.0),
                              std=(1.0, 1.0, 1.0))
     return pretext_views.normalize_per_tile(unit)
+
+
+def tile_mosaic(tiles: jax.Array, gap: int = 2) -> jax.Array:
+  """[9, t, t, C] tiles, row-major -> one [3t + 4 gap, 3t + 4 gap, C] picture, white gaps."""
+  padded = jnp.pad(tiles, ((0, 0), (gap, 0), (gap, 0), (0, 0)), constant_values=1.0)
+  t = padded.shape[1]
+  grid = padded.reshape(GRID, GRID, t, t, -1).transpose(0, 2, 1, 3, 4)
+  grid = grid.reshape(GRID * t, GRID * t, -1)
+  return jnp.pad(grid, ((0, gap), (0, gap), (0, 0)), constant_values=1.0)
