@@ -141,3 +141,108 @@ def test_eval_batch_counts_by_hand():
   with pytest.raises(ValueError, match="not divisible by the 4 processes"):
     pipeline.make_eval_batches(_indexed_source(), global_batch_size=6, process_index=0,
                                process_count=4)
+
+
+# ------------------------------------------------------------------- batch reads vs grain's
+
+
+class _PerRecord:
+  """`source` without `get_batch`: the loader falls back to grain's per-record `DataLoader`."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    return self._source[index]
+
+  def __repr__(self):
+    return repr(self._source)  # The same repr, so grain's state is comparable byte for byte.
+
+
+def _random_source(num_records=NUM_RECORDS, shape=(2, 2, 3), image_size=2):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (num_records, *shape), dtype=np.uint8)
+  return sources.ArraySource(images, rng.integers(0, 10, num_records), image_size=image_size,
+                             num_classes=10, description=f"random:{shape}")
+
+
+@pytest.mark.parametrize("shape, image_size", [((2, 2, 3), 2), ((2, 2, 1), 2), ((3, 5, 3), 2),
+                                               ((4, 4), 2)])
+def test_get_batch_equals_stacked_records(shape, image_size):
+  source = _random_source(shape=shape, image_size=image_size)
+  indices = [5, 0, 22, 5, 9]
+  batch = source.get_batch(indices)
+  records = [source[i] for i in indices]
+  assert batch["image"].dtype == np.uint8 and batch["label"].dtype == np.int32
+  np.testing.assert_array_equal(batch["image"], np.stack([r["image"] for r in records]))
+  np.testing.assert_array_equal(batch["label"], [r["label"] for r in records])
+
+
+@pytest.mark.parametrize("process_index, process_count, global_batch_size", [
+    (0, 1, 4), (1, 2, 6), (2, 3, 3)])
+def test_batch_reads_equal_grains_per_record_loader_batches_and_state(process_index,
+                                                                     process_count,
+                                                                     global_batch_size):
+  source = _random_source()
+  kwargs = dict(global_batch_size=global_batch_size, seed=11, process_index=process_index,
+                process_count=process_count, read_threads=2, prefetch=8)
+  fast = pipeline.make_train_loader(source, **kwargs)
+  slow = pipeline.make_train_loader(_PerRecord(source), **kwargs)
+  assert isinstance(fast, pipeline.BatchReadLoader) and isinstance(slow, grain.DataLoader)
+  fast_iter, slow_iter = iter(fast), iter(slow)
+  assert fast_iter.get_state() == slow_iter.get_state()
+  # 3 epochs of the shard (batches straddle epoch boundaries): same images, labels and state.
+  for _ in range(3 * (NUM_RECORDS // process_count) // (global_batch_size // process_count)):
+    got, want = next(fast_iter), next(slow_iter)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+    assert got["image"].dtype == want["image"].dtype and got["label"].dtype == np.int32
+    assert fast_iter.get_state() == slow_iter.get_state()
+
+
+def test_states_move_between_the_batch_and_the_per_record_loader():
+  source = _random_source()
+  fast, slow = iter(_loader()), iter(pipeline.make_train_loader(
+      _PerRecord(_indexed_source()), global_batch_size=4, seed=7, process_index=0,
+      process_count=1, read_threads=2, prefetch=8))
+  _labels(fast, 3)
+  slow.set_state(fast.get_state())  # A checkpoint of either kind resumes in the other.
+  assert _labels(slow, 4) == _labels(fast, 4)
+  resumed = iter(_loader())
+  resumed.set_state(slow.get_state())
+  assert _labels(resumed, 4) == _labels(slow, 4)
+  other = iter(pipeline.make_train_loader(source, global_batch_size=4, seed=7, process_index=0,
+                                          process_count=1))
+  with pytest.raises(ValueError, match="data_source"):
+    other.set_state(fast.get_state())
+
+
+def test_subset_and_unlabeled_sources_read_in_batches():
+  from ssl_jax.data import streams, subsets
+  source = _random_source()
+  subset = subsets.SubsetSource(source, np.array([3, 1, 20, 7, 7]), description="hand-picked")
+  unlabeled = streams.UnlabeledSource(subset)
+  for wrapped in (subset, unlabeled):
+    batch = wrapped.get_batch([4, 0, 2])
+    np.testing.assert_array_equal(batch["image"], np.stack([wrapped[i]["image"]
+                                                             for i in (4, 0, 2)]))
+    np.testing.assert_array_equal(batch["label"], [wrapped[i]["label"] for i in (4, 0, 2)])
+  assert unlabeled.get_batch([1])["label"].tolist() == [-1]
+  assert not hasattr(subsets.SubsetSource(_PerRecord(source), np.arange(3), description="x"),
+                     "get_batch")
+
+
+def test_eval_batches_from_batch_reads_equal_per_record_reads():
+  source = _random_source()
+  for process_index in range(2):
+    kwargs = dict(global_batch_size=6, process_index=process_index, process_count=2,
+                  read_threads=2)
+    fast = list(pipeline.make_eval_batches(source, **kwargs))
+    slow = list(pipeline.make_eval_batches(_PerRecord(source), **kwargs))
+    assert len(fast) == len(slow) == 4
+    for got, want in zip(fast, slow):
+      for key in ("image", "label", "mask"):
+        np.testing.assert_array_equal(got[key], want[key])

@@ -209,12 +209,18 @@ class UnlabeledSource:
   def __init__(self, source):
     self._source = source
     self.num_classes = None
+    if hasattr(source, "get_batch"):  # Batch reads only where the parent has them.
+      self.get_batch = self._get_batch
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return {"image": self._source[index]["image"], "label": np.asarray(-1, np.int32)}
+
+  def _get_batch(self, indices) -> dict[str, np.ndarray]:
+    image = self._source.get_batch(indices)["image"]
+    return {"image": image, "label": np.full((len(image),), -1, np.int32)}
 
   def __repr__(self) -> str:
     return f"UnlabeledSource(of={self._source!r})"
@@ -304,10 +310,10 @@ class SupportIterator:
                               process_index=self._process_index,
                               process_count=self._process_count)
     self._step += 1
+    if hasattr(self._source, "get_batch"):
+      return self._source.get_batch(indices)
     with concurrent.futures.ThreadPoolExecutor(_SUPPORT_READ_THREADS) as pool:
-      records = list(pool.map(self._source.__getitem__, indices.tolist()))
-    return {"image": np.stack([r["image"] for r in records]),
-            "label": np.asarray([r["label"] for r in records], np.int32)}
+      return sources.read_batch(self._source, indices, pool)
 
   def get_state(self) -> bytes:
     return json.dumps({"step": self._step, "stream": self._fingerprint}).encode()

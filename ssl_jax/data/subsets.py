@@ -37,12 +37,17 @@ class SubsetSource:
     self.indices = indices
     self.num_classes = getattr(source, "num_classes", None)
     self._description = description
+    if hasattr(source, "get_batch"):  # Batch reads only where the parent has them.
+      self.get_batch = self._get_batch
 
   def __len__(self) -> int:
     return int(self.indices.size)
 
   def __getitem__(self, index: int):
     return self._source[int(self.indices[index])]
+
+  def _get_batch(self, indices):
+    return self._source.get_batch(self.indices[np.asarray(indices, np.int64)])
 
   def __repr__(self) -> str:
     return f"SubsetSource({self._description}, num_records={len(self)}, of={self._source!r})"
