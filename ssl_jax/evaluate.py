@@ -34,11 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from clu import metric_writers
 from etils import epath
 from jax.experimental import multihost_utils
 
-from ssl_jax import errors, parallel, runs
+from ssl_jax import errors, metrics_io, parallel, runs
 from ssl_jax.data import pipeline, sources, streams
 from ssl_jax.evaluators import runner
 from ssl_jax.methods import build_method
@@ -191,7 +190,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{label}{suffix}.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     logdir = epath.Path(workdir) / "tensorboard" / f"eval_{init}{suffix}"
-    writer = metric_writers.create_default_writer(str(logdir), asynchronous=False)
+    writer = metrics_io.tensorboard_writer(logdir)
     writer.write_scalars(step_value or 0, metrics)
     writer.close()
   return record

@@ -1,29 +1,38 @@
-"""Metric writers: TensorBoard + stdout (clu) and `workdir/metrics.jsonl`.
+"""Metric writers: TensorBoard + log lines, and `workdir/metrics.jsonl`.
 
 `metrics.jsonl` is a public contract: one JSON object per logged step, with `step` and names like
 `train/loss` and `eval/knn_top1` (a fraction in [0, 1]). The loop writes each step's scalars in
 one call, so one step is one line, and each step appears once: a resumed run first drops the
 records after the step it restored (it writes them again). `ssl_jax.runs.read_metrics` reads
 it back.
+
+TensorBoard summaries go through clu's writers, which import TensorFlow. Accelerator images
+often ship JAX without it, so where TensorFlow cannot be imported `tensorboard_writer` falls back
+to `EventWriter` (scalars and images through the `tensorboard` package's own event-file writer,
+no TensorFlow) or, without that package either, to log lines alone; either way it says so in
+one warning line, once per process. metrics.jsonl is written the same in every case.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import pathlib
-from typing import Any, Mapping
+import time
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from ssl_jax import runs
 
+_warned_without_tensorflow = False
 
-class JsonlWriter(metric_writers.MetricWriter):
+
+class JsonlWriter:
   """Appends one JSON line per `write_scalars` call (process 0 only)."""
 
   def __init__(self, path: str | pathlib.Path):
@@ -39,25 +48,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
 
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
   def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
     pass
 
   def flush(self):
@@ -67,14 +58,129 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.close()
 
 
-def make_writer(workdir: str) -> metric_writers.MetricWriter:
+class LogWriter:
+  """Scalars as INFO log lines, formatted like clu's `LoggingWriter` ('[step] name=value, ...')."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    values = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+              for k, v in sorted(scalars.items())]
+    logging.info("[%d] %s", step, ", ".join(values))
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()})
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class EventWriter:
+  """TensorBoard scalars and images without TensorFlow: `tensorboard`'s event-file writer.
+
+  Writes the same `Summary` protos as `tf.summary` v1 (`simple_value` scalars, PNG-encoded
+  images), which TensorBoard's scalar and image dashboards read.
+  """
+
+  def __init__(self, logdir: str | pathlib.Path):
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    self._writer = event_file_writer.EventFileWriter(str(logdir))
+
+  def _write(self, step: int, values: Sequence[Any]) -> None:
+    summary = self._summary_pb2.Summary(value=values)
+    self._writer.add_event(self._event_pb2.Event(step=int(step), wall_time=time.time(),
+                                                 summary=summary))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    value = self._summary_pb2.Summary.Value
+    self._write(step, [value(tag=name, simple_value=float(np.asarray(v)))
+                       for name, v in scalars.items()])
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    """images: name -> uint8 [1, H, W, C] (the first image of each is written)."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    values = []
+    for name, batch in images.items():
+      image = np.asarray(batch)[0]
+      png = io.BytesIO()
+      Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(png, "PNG")
+      encoded = self._summary_pb2.Summary.Image(
+          height=image.shape[0], width=image.shape[1], colorspace=image.shape[-1],
+          encoded_image_string=png.getvalue())
+      values.append(self._summary_pb2.Summary.Value(tag=name, image=encoded))
+    self._write(step, values)
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class Writers:
+  """Every call goes to each writer in turn."""
+
+  def __init__(self, writers: Sequence[Any]):
+    self._writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_scalars(step, scalars)
+
+  def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+    for writer in self._writers:
+      writer.write_images(step, images)
+
+  def flush(self):
+    for writer in self._writers:
+      writer.flush()
+
+  def close(self):
+    for writer in self._writers:
+      writer.close()
+
+
+def _warn_once(message: str) -> None:
+  global _warned_without_tensorflow
+  if not _warned_without_tensorflow:
+    _warned_without_tensorflow = True
+    logging.warning(message)
+
+
+def tensorboard_writer(logdir: str | pathlib.Path | None):
+  """Log lines + TensorBoard summaries under `logdir` (None: log lines only).
+
+  clu's default writer where TensorFlow imports; otherwise `EventWriter`, or log lines alone
+  when the `tensorboard` package is missing too (one warning line says which).
+  """
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  except ImportError as error:
+    if logdir is None:
+      return LogWriter()
+    try:
+      writer = EventWriter(logdir)
+    except ImportError:
+      _warn_once(f"TensorFlow and tensorboard are not installed ({error}): no TensorBoard "
+                 "summaries; metrics.jsonl and the log lines hold every scalar.")
+      return LogWriter()
+    _warn_once(f"TensorFlow is not installed ({error}): TensorBoard summaries are written "
+               "with the tensorboard package's event writer.")
+    return Writers([LogWriter(), writer])
+  return metric_writers.create_default_writer(
+      None if logdir is None else str(logdir), just_logging=logdir is None,
+      asynchronous=False)
+
+
+def make_writer(workdir: str) -> Writers:
   """TensorBoard under `workdir/tensorboard` + log lines (+ jsonl) on process 0."""
-  is_main = jax.process_index() == 0
-  default = metric_writers.create_default_writer(
-      str(pathlib.Path(workdir) / "tensorboard"), just_logging=not is_main, asynchronous=False)
-  if not is_main:
-    return default
-  return metric_writers.MultiWriter([default, JsonlWriter(pathlib.Path(workdir) / "metrics.jsonl")])
+  if jax.process_index() != 0:
+    return Writers([tensorboard_writer(None)])
+  return Writers([tensorboard_writer(pathlib.Path(workdir) / "tensorboard"),
+                  JsonlWriter(pathlib.Path(workdir) / "metrics.jsonl")])
 
 
 def drop_records_after(workdir: str | pathlib.Path, step: int) -> None:

@@ -6,7 +6,8 @@ r"""The one training loop, for every method.
 config -> data streams (this process's shard: `ssl_jax.data.streams`) -> grain batches -> one
 global sharded pytree, built ahead in a thread (`ssl_jax.data.prefetch`) -> jitted train step
 (`ssl_jax.trainer`) [views on device -> method.loss -> grads -> optax -> method.update_state]
--> metrics (clu: TensorBoard, stdout, metrics.jsonl) / evaluators / orbax checkpoints.
+-> metrics (ssl_jax.metrics_io: TensorBoard, stdout, metrics.jsonl) / evaluators / orbax
+checkpoints.
 
 A run resumes from the latest checkpoint in its workdir, data iterator included, so an
 interrupted run sees exactly the batches an uninterrupted one would. SIGTERM (TPU preemption)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from ssl_jax import errors
+from ssl_jax import errors, metrics_io
 
 
 def to_uint8(image) -> np.ndarray:
@@ -220,8 +220,7 @@ def compare_main(args: argparse.Namespace) -> pathlib.Path:
     raise VizError(f"--output {output} must name a .png file (e.g. {output / 'compare.png'}).")
   output.parent.mkdir(parents=True, exist_ok=True)
   _titled(grid, titles, tile_size=args.tile_size).save(output)
-  from clu import metric_writers
-  writer = metric_writers.create_default_writer(str(first / "tensorboard"), asynchronous=False)
+  writer = metrics_io.tensorboard_writer(first / "tensorboard")
   writer.write_images(step, {"compare/" + "_vs_".join(r["label"].replace(" ", "_")
                                                       for r in runs): to_uint8(grid)[None]})
   writer.close()

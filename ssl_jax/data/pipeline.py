@@ -21,7 +21,7 @@ import json
 from typing import Iterator
 
 # The permutation grain's shuffling sampler applies; `BatchReadIterator` recomputes it per batch.
-from grain._src.python.experimental.index_shuffle.python import (  # pylint: disable=g-direct-third-party-import
+from grain._src.python.experimental.index_shuffle.python import (
     index_shuffle_module as _index_shuffle)
 import grain.python as grain
 import jax

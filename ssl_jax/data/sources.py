@@ -431,6 +431,17 @@ class TfdsSource(workers.ExitsWithParent):
             f"image_size={self._image_size})")
 
 
+def _import_tfds():
+  """tensorflow_datasets, imported only by TFDS sources (it imports TensorFlow)."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise DataError(f"tfds: data sources need TensorFlow Datasets and TensorFlow, which do not "
+                    f"import here ({error}). Install them with `pip install .[tf]`, or use an "
+                    "npz:, imagefolder: or digits source.") from None
+  return tfds
+
+
 def _build_command(name: str, data_dir: str | None) -> str:
   return (f"tfds build {name} --file_format=array_record"
           + (f" --data_dir={data_dir}" if data_dir else ""))
@@ -439,7 +450,7 @@ def _build_command(name: str, data_dir: str | None) -> str:
 def _tfrecord_in_memory(builder, name: str, split: str, *, image_size: int,
                         data_dir: str | None) -> ArraySource:
   """Reads a TFRecord-only split once through tf.data onto canvases held in memory."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _import_tfds()
 
   num_records = builder.info.splits[split].num_examples
   needed = num_records * image_size * image_size * 3
@@ -466,7 +477,7 @@ def _tfrecord_in_memory(builder, name: str, split: str, *, image_size: int,
 def tfds_source(name: str, split: str, *, image_size: int,
                 data_dir: str | None = None) -> TfdsSource | ArraySource:
   """A prepared TFDS split: array_record via `tfds.data_source`, TFRecord via tf.data."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _import_tfds()
 
   image_size = _check_image_size(image_size)
   try:
