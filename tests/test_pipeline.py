@@ -246,3 +246,16 @@ def test_eval_batches_from_batch_reads_equal_per_record_reads():
     for got, want in zip(fast, slow):
       for key in ("image", "label", "mask"):
         np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_input_pipeline_bench_measures_any_source_and_writes_imagefolders(tmp_path):
+  from bench import input_pipeline
+  written = input_pipeline.make_imagefolder(
+      tmp_path, ((np.full((8, 8, 3), 40 * i, np.uint8), i % 2) for i in range(6)))
+  assert written == 6
+  folder = sources.get_source(f"imagefolder:{tmp_path}", "train", image_size=8)
+  assert len(folder) == 6 and folder.num_classes == 2
+  for source, loader in ((folder, "DataLoader"), (_random_source(), "BatchReadLoader")):
+    rate, name, first = input_pipeline.loader_images_per_sec(
+        source, batch_size=4, workers=0, read_threads=2, batches=2, warmup=1)
+    assert name == loader and rate > 0 and first > 0
