@@ -8,8 +8,9 @@ SPEC is any `data.source` (`npz:PATH`, `imagefolder:DIR`, `tfds:NAME`, `digits`)
 combination of --workers and --read_threads it builds the training loader exactly as a run does
 (`ssl_jax.data.pipeline.make_train_loader`, one process) and prints one JSON line with
 `loader_images_per_sec` over --batches batches, after --warmup batches (start-up, worker
-spawn). `read_threads=1, workers=0` is the per-core rate; a chip that trains at R images/s
-needs R / that rate host cores (docs/performance.md, "Host input pipeline").
+spawn), and for workers=0 `images_per_cpu_second`, the per-core rate (CPU time, so it holds on
+a busy machine): a chip that trains at R images/s needs about R / that rate host cores
+(docs/performance.md, "Host input pipeline").
 
 --make_imagefolder writes JPEGs to DIR/train/<label>/ and exits: the records of --from_source
 on its --image_size canvas (e.g. CIFAR-10 from ../shared/data at 32) or, without it, crops of about ImageNet's average size
@@ -73,8 +74,10 @@ def make_imagefolder(directory: pathlib.Path, records) -> int:
 
 
 def loader_images_per_sec(source, *, batch_size: int, workers: int, read_threads: int,
-                          batches: int, warmup: int) -> tuple[float, str, float]:
-  """(images/s over `batches` batches, loader class, seconds to the first batch)."""
+                          batches: int, warmup: int) -> dict[str, float | str]:
+  """Wall-clock images/s over `batches` batches, the loader's class, seconds to the first
+  batch and, without worker processes, images per CPU second of this process (all its
+  threads): the per-core rate, which other load on the machine does not change much."""
   start = time.perf_counter()
   loader = pipeline.make_train_loader(source, global_batch_size=batch_size, seed=0,
                                       process_index=0, process_count=1, worker_count=workers,
@@ -84,14 +87,17 @@ def loader_images_per_sec(source, *, batch_size: int, workers: int, read_threads
   first = time.perf_counter() - start
   for _ in range(warmup):
     next(iterator)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(batches):
     batch = next(iterator)
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   assert batch["image"].shape[0] == batch_size
-  if hasattr(iterator, "close"):
-    iterator.close()
-  return batches * batch_size / seconds, type(loader).__name__, first
+  images = batches * batch_size
+  result = {"loader": type(loader).__name__, "first_batch_seconds": round(first, 3),
+            "loader_images_per_sec": round(images / seconds, 1)}
+  if workers == 0:
+    result["images_per_cpu_second"] = round(images / max(cpu_seconds, 1e-9), 1)
+  return result
 
 
 def _ints(text: str) -> list[int]:
@@ -130,14 +136,13 @@ def main():
   source = sources.get_source(args.source, args.split, image_size=args.image_size,
                               data_dir=args.data_dir)
   for workers, read_threads in itertools.product(args.workers, args.read_threads):
-    rate, loader, first = loader_images_per_sec(
+    measured = loader_images_per_sec(
         source, batch_size=args.batch_size, workers=workers, read_threads=read_threads,
         batches=args.batches, warmup=args.warmup)
     common.emit({"bench": "input_pipeline", "source": args.source, "split": args.split,
                  "image_size": args.image_size, "batch_size": args.batch_size,
-                 "workers": workers, "read_threads": read_threads, "loader": loader,
-                 "cores": os.cpu_count(), "first_batch_seconds": round(first, 3),
-                 "loader_images_per_sec": round(rate, 1)})
+                 "workers": workers, "read_threads": read_threads, "cores": os.cpu_count(),
+                 "load_average_1min": os.getloadavg()[0], **measured})
 
 
 if __name__ == "__main__":
