@@ -383,7 +383,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_test_split = "test"
   c.data.data_dir = ""          # TFDS data_dir (may be gs://).
   c.data.image_size = 32        # Host canvas: every image is decoded to this square size.
-  c.data.worker_count = 0       # grain worker processes (0: in the main process).
+  # grain worker processes decoding files (imagefolder, tfds); 0 for in-memory sources, which
+  # read whole batches in the main process. Sizing: docs/performance.md.
+  c.data.worker_count = 0
   c.data.prefetch = 2           # Global batches built on the device ahead of the step (0: none).
   # Named inputs of one step ({name: {'image', 'label'}}), e.g. labeled + unlabeled; empty: the
   # single batch {'image', 'label'}. Keys and kinds: ssl_jax/data/streams.py.

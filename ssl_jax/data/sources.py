@@ -127,7 +127,8 @@ def read_batch(source, indices: Sequence[int],
   """Records `indices` of `source` as one batch `{'image': [n,S,S,3], 'label': int32 [n]}`.
 
   A source with `get_batch` (in-memory arrays) reads the batch in one call; any other reads
-  record by record, on `pool`'s threads when given (file decoding releases the GIL).
+  record by record, on `pool`'s threads when given (PIL releases the GIL for much of a
+  decode, so threads overlap file reads and decoding).
   """
   if hasattr(source, "get_batch"):
     return source.get_batch(indices)

@@ -310,7 +310,7 @@ class SupportIterator:
                               process_index=self._process_index,
                               process_count=self._process_count)
     self._step += 1
-    if hasattr(self._source, "get_batch"):
+    if hasattr(self._source, "get_batch"):  # In memory: one gather, no thread pool.
       return self._source.get_batch(indices)
     with concurrent.futures.ThreadPoolExecutor(_SUPPORT_READ_THREADS) as pool:
       return sources.read_batch(self._source, indices, pool)
