@@ -203,6 +203,14 @@ def test_batch_reads_equal_grains_per_record_loader_batches_and_state(process_in
     assert fast_iter.get_state() == slow_iter.get_state()
 
 
+def test_record_keys_equal_the_samplers_with_or_without_grains_index_shuffle(monkeypatch):
+  iterator = iter(_loader(global_batch_size=6, process_index=1, process_count=2))
+  expected = iterator.record_keys(0, 40)  # Almost 4 epochs of the 11-record shard.
+  monkeypatch.setattr(pipeline, "_index_shuffle", None)
+  np.testing.assert_array_equal(iterator.record_keys(0, 40), expected)
+  assert sorted(expected[:11]) == list(range(11, 22))  # Process 1's shard, each record once.
+
+
 def test_states_move_between_the_batch_and_the_per_record_loader():
   source = _random_source()
   fast, slow = iter(_loader()), iter(pipeline.make_train_loader(
