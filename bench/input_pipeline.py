@@ -13,9 +13,9 @@ a busy machine): a chip that trains at R images/s needs about R / that rate host
 (docs/performance.md, "Host input pipeline").
 
 --make_imagefolder writes JPEGs to DIR/train/<label>/ and exits: the records of --from_source
-on its --image_size canvas (e.g. CIFAR-10 from ../shared/data at 32) or, without it, crops of about ImageNet's average size
-(400x350) of the photos in ../shared/data/photos.npz (random textures where that file is
-absent). Then bench `--source imagefolder:DIR`.
+on its --image_size canvas (e.g. CIFAR-10 from ../shared/data at 32) or, without it, crops of
+about ImageNet's average size (400x350) of the photos in ../shared/data/photos.npz (random
+textures where that file is absent). Then bench `--source imagefolder:DIR`.
 """
 
 import argparse

@@ -84,8 +84,9 @@ class EventWriter:
   """
 
   def __init__(self, logdir: str | pathlib.Path):
-    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top  (only runs without TensorFlow need these)
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer import event_file_writer
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
     self._writer = event_file_writer.EventFileWriter(str(logdir))
 

@@ -115,9 +115,9 @@ class BatchReadLoader:
 
   grain reads a batch as `b` calls to `source[key]` on its read threads and stacks the records:
   a Python call, a dict and a copy per image, about 5,000-12,000 32x32 images per CPU second
-  (docs/performance.md). This loader asks the sampler's order for the batch's `b` record keys and reads them
-  with one `source.get_batch(keys)`. Batches and iterator state are bit-identical to the
-  `DataLoader`'s (tests/test_pipeline.py checks both), so a checkpoint written by either
+  (docs/performance.md). This loader takes the batch's `b` record keys in the sampler's order and
+  reads them with one `source.get_batch(keys)`. Batches and iterator state are bit-identical to
+  the `DataLoader`'s (tests/test_pipeline.py checks both), so a checkpoint written by either
   resumes in the other.
   """
 
