@@ -164,12 +164,13 @@ def tensorboard_writer(logdir: str | pathlib.Path | None):
       return LogWriter()
     try:
       writer = EventWriter(logdir)
-    except ImportError:
-      _warn_once(f"TensorFlow and tensorboard are not installed ({error}): no TensorBoard "
-                 "summaries; metrics.jsonl and the log lines hold every scalar.")
+    except ImportError as missing:
+      _warn_once(f"No TensorBoard summaries: clu's writer needs TensorFlow ({error}) and the "
+                 f"tensorboard package does not import ({missing}); metrics.jsonl and the log "
+                 "lines hold every scalar.")
       return LogWriter()
-    _warn_once(f"TensorFlow is not installed ({error}): TensorBoard summaries are written "
-               "with the tensorboard package's event writer.")
+    _warn_once(f"TensorBoard summaries come from the tensorboard package's event writer: clu's "
+               f"writer needs TensorFlow ({error}).")
     return Writers([LogWriter(), writer])
   return metric_writers.create_default_writer(
       None if logdir is None else str(logdir), just_logging=logdir is None,

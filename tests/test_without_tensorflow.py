@@ -65,7 +65,7 @@ def test_loop_writers_and_entry_points_need_no_tensorflow(tmp_path):
   assert [1.5, 1.5] == [e[2] for e in result["events"] if e[1] == "train/loss"]
   assert [[4, 6], [4, 6]] == [e[2] for e in result["events"] if e[1] == "images/x"]
   assert "pip install .[tf]" in result["tfds_error"]
-  warnings = [line for line in proc.stderr.splitlines() if "TensorFlow is not installed" in line]
+  warnings = [line for line in proc.stderr.splitlines() if "clu's writer needs" in line]
   assert len(warnings) == 1, proc.stderr[-3000:]
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line) for line in lines] == [{"step": 3, "train/loss": 1.5}] * 2
@@ -83,3 +83,28 @@ def test_smoke_run_trains_and_evaluates_without_tensorflow(tmp_path):
   assert "same encoder untrained" in proc.stdout  # The closing k-NN baselines ran too.
   assert list((tmp_path / "tensorboard").glob("events.*"))
   assert (tmp_path / "eval" / "random.json").exists()
+
+
+def test_without_tensorboard_either_metrics_go_to_jsonl_and_log_lines(tmp_path, monkeypatch,
+                                                                      caplog):
+  import clu
+  from ssl_jax import metrics_io
+
+  def no_tensorboard(logdir):
+    raise ModuleNotFoundError("No module named 'tensorboard'")
+
+  monkeypatch.setitem(sys.modules, "clu.metric_writers", None)  # `import` raises ImportError.
+  monkeypatch.delattr(clu, "metric_writers", raising=False)
+  monkeypatch.setattr(metrics_io, "EventWriter", no_tensorboard)
+  monkeypatch.setattr(metrics_io, "_warned_without_tensorflow", False)
+  with caplog.at_level("INFO"):
+    for step in (1, 2):
+      writer = metrics_io.make_writer(str(tmp_path))
+      writer.write_scalars(step, {"train/loss": 0.5})
+      writer.close()
+  assert not (tmp_path / "tensorboard").exists()
+  assert [json.loads(line)["step"] for line in
+          (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+  messages = [r.getMessage() for r in caplog.records]
+  assert sum("No TensorBoard summaries" in m for m in messages) == 1
+  assert "[2] train/loss=0.5" in messages
