@@ -42,7 +42,7 @@ def _subtrees(tree: Any, prefix: tuple[str, ...] = ()):
       yield from _subtrees(value, prefix + (str(key),))
 
 
-def _get_path(tree: Any, path: tuple[str, ...]) -> Any:
+def get_path(tree: Any, path: tuple[str, ...]) -> Any:
   for key in path:
     if not isinstance(tree, Mapping) or key not in tree:
       return None
@@ -94,7 +94,7 @@ def find_backbone_subtree(tree: Mapping, expected: Any, *, subtree: str = "",
   expected_shapes = flat_shapes(expected)
   if subtree:
     path = tuple(p for p in subtree.split("/") if p)
-    node = _get_path(tree, path)
+    node = get_path(tree, path)
     if not isinstance(node, Mapping):
       raise ValueError(f"{subtree_key}={subtree!r} is not a subtree of the checkpoint's "
                        f"{what}; its top-level keys are {sorted(map(str, tree))}.")

@@ -32,6 +32,7 @@ _METHODS: dict[str, str] = {
     "pseudo_label": "ssl_jax.methods.pseudo_label:PseudoLabel",
     "mean_teacher": "ssl_jax.methods.mean_teacher:MeanTeacher",
     "fixmatch": "ssl_jax.methods.fixmatch:FixMatch",
+    "distill": "ssl_jax.methods.distill:Distill",
 }
 
 
@@ -58,6 +59,7 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "pseudo_label": "ssl_jax.methods.pseudo_label:default_method_config",
     "mean_teacher": "ssl_jax.methods.mean_teacher:default_method_config",
     "fixmatch": "ssl_jax.methods.fixmatch:default_method_config",
+    "distill": "ssl_jax.methods.distill:default_method_config",
 }
 
 

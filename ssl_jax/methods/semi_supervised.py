@@ -138,6 +138,8 @@ class SemiSupervisedClassifier(base.Method):
   # FixMatch's EMA averages the BatchNorm statistics with the weights; Mean Teacher's teacher
   # keeps running averages of its own forward passes instead.
   ema_blends_batch_stats = True
+  # The data streams `loss` reads (distillation reads whichever are declared and checks them).
+  required_streams = (LABELED, UNLABELED)
 
   def __post_init__(self):
     m = self.config.method
@@ -150,7 +152,7 @@ class SemiSupervisedClassifier(base.Method):
       raise ValueError(f"method.max_shift_fraction must be in [0, 0.5), got "
                        f"{m.max_shift_fraction}.")
     declared = set(self.config.data.streams.keys())
-    if not {LABELED, UNLABELED} <= declared:
+    if not set(self.required_streams) <= declared:
       raise ValueError(f"method {m.name!r} reads two data streams, {LABELED!r} and "
                        f"{UNLABELED!r}; config.data.streams declares {sorted(declared)}. Add "
                        "them with streams.stream_config('labeled', ...) / ('unlabeled', ...).")

@@ -24,6 +24,12 @@ student/online backbone for the joint-embedding methods (`method.init_subtree` n
 explicitly; `ssl_jax.subtrees`). A mismatch is an error that lists the differing paths.
 `init_from=timm:FILE` reads a timm `VisionTransformer` / `ResNet` safetensors file instead
 (`ssl_jax/interop/timm.py`).
+
+`init_head_layers=k` fine-tunes "from a middle layer of the projection head" (SimCLR v2, Chen et
+al. 2020b, Sec. 2; google-research/simclr tf2 `ft_proj_selector`): the first k [Linear -> BN ->
+ReLU] layers of the pretrained run's projector (the `projector` beside its backbone) are kept
+between the backbone and the classifier, as params['projector'] with their BatchNorm statistics
+in state['batch_stats']['projector'], and fine-tuned with the backbone.
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ from ssl_jax import runs, subtrees
 from ssl_jax.data import augment, mixing, randaugment
 from ssl_jax.interop import timm as timm_interop
 from ssl_jax.methods import base
-from ssl_jax.models import registry, vit
+from ssl_jax.models import heads, registry, vit
 
 FEATURES = ("pooled", "last_blocks_cls", "global_pool")
+PROJECTOR = "projector"  # The kept projection-head layers, in params and batch_stats.
 
 
 def default_method_config() -> ml_collections.ConfigDict:
@@ -56,6 +63,10 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.init_from = ""              # Workdir or export dir of an ssl_jax run, or timm:FILE.safetensors
                                 # (ssl_jax.export --format timm, or public timm weights); "" = random.
   m.init_subtree = ""           # '/'-path of the backbone in those params; "" = found by shape.
+  # SimCLR v2: keep the first k hidden layers of the pretrained projection head (k = 1 of its 3
+  # layers, "from the middle layer"); 0 = the classifier sits on the backbone.
+  m.init_head_layers = 0
+  m.init_head_hidden_dim = 0    # Their width: the pretrained run's method.proj_hidden_dim.
   # Linear probe: only the head trains (configs/supervised.py freezes the optimizer group
   # `backbone` with it).
   m.freeze_backbone = False
@@ -108,6 +119,9 @@ class Pretrained:
   params: Any
   batch_stats: Any | None
   origin: str
+  # The first `init_head_layers` layers of the run's projector (None when none are kept).
+  projector_params: Any | None = None
+  projector_batch_stats: Any | None = None
 
 
 def _cast_like(tree: Any, like: Any) -> Any:
@@ -138,6 +152,17 @@ class Supervised(base.Method):
     if m.feature == "last_blocks_cls" and not 1 <= m.num_last_blocks <= self.encoder.depth:
       raise ValueError(f"method.num_last_blocks must be in [1, {self.encoder.depth}], got "
                        f"{m.num_last_blocks}.")
+    if m.init_head_layers < 0:
+      raise ValueError(f"method.init_head_layers must be >= 0, got {m.init_head_layers}.")
+    if m.init_head_layers:
+      if m.init_head_hidden_dim <= 0:
+        raise ValueError("method.init_head_layers keeps projection-head layers: set "
+                         "method.init_head_hidden_dim to their width (the pretrained run's "
+                         "method.proj_hidden_dim).")
+      if m.feature != "pooled" or m.freeze_backbone or m.init_from.startswith(timm_interop.PREFIX):
+        raise ValueError("method.init_head_layers fine-tunes an ssl_jax run from its projection "
+                         "head: it needs feature='pooled', freeze_backbone=False and an "
+                         "ssl_jax workdir (not timm weights) as method.init_from.")
 
   # The modules.
 
@@ -156,8 +181,19 @@ class Supervised(base.Method):
                           batch_norm=m.head_batch_norm, init_std=m.head_init_std)
 
   @property
+  def projector(self) -> heads.MLPTrunk | None:
+    """The kept projection-head layers (SimCLR's: Linear without bias -> BN -> ReLU)."""
+    m = self.config.method
+    if not m.init_head_layers:
+      return None
+    return heads.MLPTrunk(num_layers=m.init_head_layers, hidden_dim=m.init_head_hidden_dim,
+                          hidden_batch_norm=True, dtype=base.compute_dtype(self.config.model))
+
+  @property
   def feature_dim(self) -> int:
     m = self.config.method
+    if m.init_head_layers:
+      return m.init_head_hidden_dim
     width = self.encoder.feature_dim
     if m.feature == "last_blocks_cls":
       return width * (m.num_last_blocks + int(m.avgpool_patchtokens))
@@ -196,8 +232,47 @@ class Supervised(base.Method):
           run.method_state, expected["batch_stats"], what="method state (BatchNorm statistics)")
       batch_stats = _cast_like(batch_stats, expected["batch_stats"])
     logging.info("init_from: backbone %s of %s", "/".join(path) or "<root>", run.origin)
+    projector_params = projector_stats = None
+    if self.projector is not None:
+      projector_params, projector_stats = self._pretrained_projector(run, path)
     return Pretrained(params=_cast_like(params, expected["params"]), batch_stats=batch_stats,
-                      origin=f"{'/'.join(path) or '<root>'} of {run.origin}")
+                      origin=f"{'/'.join(path) or '<root>'} of {run.origin}",
+                      projector_params=projector_params, projector_batch_stats=projector_stats)
+
+  def _pretrained_projector(self, run: runs.RunVariables, backbone_path: tuple[str, ...]):
+    """The first `init_head_layers` layers of the `projector` beside the run's backbone, and
+    their BatchNorm statistics, checked against this trunk's names and shapes."""
+    expected = jax.eval_shape(lambda: self.projector.init(
+        jax.random.PRNGKey(0), jnp.zeros((2, self.encoder.feature_dim)), train=False))
+    parent = backbone_path[:-1]
+    where = "/".join(parent + (PROJECTOR,))
+    taken = []
+    for collection, tree in (("params", run.params), ("batch_stats", run.method_state)):
+      if collection not in expected:
+        continue
+      if collection == "batch_stats":
+        if tree is None or "batch_stats" not in tree:
+          raise ValueError(f"method.init_head_layers needs the projector's BatchNorm "
+                           f"statistics, which {run.origin} does not hold; point "
+                           "method.init_from at the pretraining run's workdir.")
+        tree = tree["batch_stats"]
+      node = subtrees.get_path(tree, parent + (PROJECTOR,))
+      if node is None:
+        raise ValueError(f"method.init_head_layers={self.config.method.init_head_layers}: "
+                         f"{run.origin} has no {collection} {where!r} beside its backbone "
+                         f"{'/'.join(backbone_path)!r}; pretrain with a projection head "
+                         "(e.g. configs/simclr.py) or set init_head_layers=0.")
+      kept = {name: node[name] for name in expected[collection] if name in node}
+      found, wanted = subtrees.flat_shapes(kept), subtrees.flat_shapes(expected[collection])
+      if found != wanted:
+        raise ValueError(f"The first {self.config.method.init_head_layers} layer(s) of "
+                         f"{collection} {where!r} of {run.origin} do not match "
+                         f"method.init_head_layers / init_head_hidden_dim:\n"
+                         f"{subtrees.describe_mismatch(found, wanted)}")
+      taken.append(_cast_like(kept, expected[collection]))
+    logging.info("init_from: %d projection-head layer(s) %s of %s",
+                 self.config.method.init_head_layers, where, run.origin)
+    return taken[0], (taken[1] if len(taken) > 1 else None)
 
   def init(self, rng, batch):
     del batch
@@ -206,19 +281,30 @@ class Supervised(base.Method):
                                   self._sample_images(), train=False)
     encoder_params = variables["params"]
     encoder_stats = variables.get("batch_stats")
+    projector_params = projector_stats = None
+    if self.projector is not None:
+      projector_variables = self.projector.init(
+          jax.random.fold_in(head_rng, 1), jnp.zeros((2, self.encoder.feature_dim)), train=False)
+      projector_params = projector_variables["params"]
+      projector_stats = projector_variables.get("batch_stats")
     pretrained = self.pretrained
     if pretrained is not None:
       # A host callback rather than constants: jit would bake constant weights into the
       # program (slow to compile for large backbones); the callback streams them in at run time.
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                              (encoder_params, encoder_stats))
-      encoder_params, encoder_stats = jax.pure_callback(
-          lambda: (pretrained.params, pretrained.batch_stats), abstract)
+                              (encoder_params, encoder_stats, projector_params, projector_stats))
+      encoder_params, encoder_stats, projector_params, projector_stats = jax.pure_callback(
+          lambda: (pretrained.params, pretrained.batch_stats, pretrained.projector_params,
+                   pretrained.projector_batch_stats), abstract)
     head_variables = self.head.init(head_rng, jnp.zeros((1, self.feature_dim)), train=False)
     params = {"encoder": encoder_params, **head_variables["params"]}
+    if projector_params is not None:
+      params[PROJECTOR] = projector_params
     batch_stats = {}
     if encoder_stats is not None:
       batch_stats["encoder"] = encoder_stats
+    if projector_stats is not None:
+      batch_stats[PROJECTOR] = projector_stats
     if "batch_stats" in head_variables:
       batch_stats.update(head_variables["batch_stats"])
     return params, ({"batch_stats": batch_stats} if batch_stats else {})
@@ -262,10 +348,26 @@ class Supervised(base.Method):
     new_stats = updated.get("batch_stats", stats)
     return features.astype(jnp.float32), new_stats
 
+  def _project(self, params, state, features, *, train: bool):
+    """The kept projection-head layers on the backbone features (identity when none), and
+    their updated BatchNorm statistics (None when none)."""
+    if self.projector is None:
+      return features, None
+    variables = {"params": params[PROJECTOR]}
+    stats = state.get("batch_stats", {}).get(PROJECTOR)
+    if stats is not None:
+      variables["batch_stats"] = stats
+    if train and stats is not None:
+      out, updated = self.projector.apply(variables, features, train=True,
+                                          mutable=["batch_stats"])
+      return out.astype(jnp.float32), updated["batch_stats"]
+    return self.projector.apply(variables, features, train=train).astype(jnp.float32), stats
+
   def _classify(self, params, state, features, *, train: bool):
-    head_params = {k: v for k, v in params.items() if k != "encoder"}
+    head_params = {k: v for k, v in params.items() if k not in ("encoder", PROJECTOR)}
     variables = {"params": head_params}
-    stats = {k: v for k, v in state.get("batch_stats", {}).items() if k != "encoder"}
+    stats = {k: v for k, v in state.get("batch_stats", {}).items()
+             if k not in ("encoder", PROJECTOR)}
     if stats:
       variables["batch_stats"] = stats
     if stats and train:
@@ -305,6 +407,7 @@ class Supervised(base.Method):
                                            rng=None if frozen else drop_rng)
     if frozen:
       features = jax.lax.stop_gradient(features)
+    features, projector_stats = self._project(params, state, features, train=True)
     logits, head_stats = self._classify(params, state, features, train=True)
     loss = jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
     # Against the unmixed labels: under mixup/cutmix, agreement with each image's own class.
@@ -314,6 +417,8 @@ class Supervised(base.Method):
       new_stats = dict(head_stats)
       if encoder_stats is not None:
         new_stats["encoder"] = encoder_stats
+      if projector_stats is not None:
+        new_stats[PROJECTOR] = projector_stats
       new_state = {"batch_stats": new_stats}
     return loss, ({"cross_entropy": loss, "accuracy": accuracy}, new_state)
 
@@ -329,5 +434,6 @@ class Supervised(base.Method):
   def logits(self, params, state, images):
     """[B, num_classes] class scores of the trained head, in inference mode."""
     features, _ = self._encode(params, state, self.eval_inputs(images), train=False)
+    features, _ = self._project(params, state, features, train=False)
     logits, _ = self._classify(params, state, features, train=False)
     return logits

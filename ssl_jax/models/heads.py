@@ -5,6 +5,7 @@ the global batch, i.e. it is the synchronised BN of SimCLR (`global_bn`), BYOL (
 statistics), MoCo v3 and SimSiam (`SyncBatchNorm`). BN uses PyTorch's momentum 0.1 (Flax
 `momentum=0.9`) and epsilon 1e-5, also BYOL's haiku and SimCLR's TF settings.
 """
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,18 +69,9 @@ class MLPHead(nn.Module):
     if x.ndim != 2:
       raise ValueError(f"MLPHead expects [batch, features], got shape {x.shape}.")
 
-    def batch_norm(name, use_scale=True, use_bias=True):
-      return nn.BatchNorm(use_running_average=not train, momentum=_BATCH_NORM_MOMENTUM,
-                          epsilon=_BATCH_NORM_EPSILON, use_scale=use_scale, use_bias=use_bias,
-                          dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-
-    for layer in range(self.num_layers - 1):
-      x = nn.Dense(self.hidden_dim, use_bias=self.use_bias and not self.hidden_batch_norm,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name=f"linear_{layer}")(x)
-      if self.hidden_batch_norm:
-        x = batch_norm(f"batch_norm_{layer}")(x)
-      x = nn.relu(x)
-
+    batch_norm = functools.partial(_batch_norm, train=train, dtype=self.dtype,
+                                   param_dtype=self.param_dtype)
+    x = _hidden_layers(self, x, self.num_layers - 1, train=train)
     last = self.num_layers - 1
     x = nn.Dense(self.out_dim, use_bias=self.use_bias and self.output_norm == "none",
                  dtype=self.dtype, param_dtype=self.param_dtype, name=f"linear_{last}")(x)
@@ -90,6 +82,42 @@ class MLPHead(nn.Module):
     elif self.output_norm == "batch_norm_no_affine":
       x = batch_norm(f"batch_norm_{last}", use_scale=False, use_bias=False)(x)
     return x
+
+
+def _batch_norm(name, *, train, dtype, param_dtype, use_scale=True, use_bias=True):
+  return nn.BatchNorm(use_running_average=not train, momentum=_BATCH_NORM_MOMENTUM,
+                      epsilon=_BATCH_NORM_EPSILON, use_scale=use_scale, use_bias=use_bias,
+                      dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def _hidden_layers(module, x: jax.Array, count: int, *, train: bool) -> jax.Array:
+  """The first `count` [Linear -> (BN) -> ReLU] layers of an `MLPHead`-like `module`, created
+  inside its compact call so that their params are `linear_<i>` / `batch_norm_<i>` of it."""
+  for layer in range(count):
+    x = nn.Dense(module.hidden_dim, use_bias=module.use_bias and not module.hidden_batch_norm,
+                 dtype=module.dtype, param_dtype=module.param_dtype, name=f"linear_{layer}")(x)
+    if module.hidden_batch_norm:
+      x = _batch_norm(f"batch_norm_{layer}", train=train, dtype=module.dtype,
+                      param_dtype=module.param_dtype)(x)
+    x = nn.relu(x)
+  return x
+
+
+class MLPTrunk(nn.Module):
+  """The first `num_layers` hidden layers of an `MLPHead` (same settings, same param names):
+  a projection head cut at a middle layer, which SimCLR v2 fine-tunes from (Chen et al. 2020b,
+  Sec. 2: "fine-tuning from a middle layer of the projection head"; google-research/simclr
+  tf2 `ProjectionHead`, `supervised_head_input = hiddens_list[ft_proj_selector]`)."""
+  num_layers: int
+  hidden_dim: int
+  hidden_batch_norm: bool = True
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return _hidden_layers(self, x, self.num_layers, train=train)
 
 
 def weight_normalized_kernel(direction: jax.Array, scale: jax.Array | None = None) -> jax.Array:
