@@ -9,6 +9,13 @@ bundled digits, minutes on CPU), `cifar10` (ResNet-18 with the CIFAR stem, ../sh
 npz:PATH) and `imagenet` (the paper's ResNet-50 recipe: LARS, lr 0.3 x B/256, wd 1e-6, 10
 warm-up epochs, T = 0.1, batch 4096, 1000 epochs; Sec. 3, Appendix B.1). The `smoke` and
 `digits` presets use small ViTs, trained with AdamW as ViTs are (MoCo v3, DINO).
+
+`simclrv2` (applied after the others, whatever its position): SimCLR v2's pretraining (Chen et
+al. 2020b, Sec. 2 and App. B): a 3-layer projection head, whose middle layer the fine-tuning
+starts from (configs/supervised.py, `method.init_head_layers=1`); on ImageNet also LARS at lr
+6.4 = 0.1 x sqrt(4096) for batch 4096, weight decay 1e-4, 800 epochs. SimCLR v2's MoCo-style
+memory buffer (a ~1% gain in the paper) and its wider/deeper (SK) ResNets are left out. The
+whole pretrain -> fine-tune -> distil sequence is in docs/methods.md.
 """
 
 import pathlib
@@ -34,8 +41,9 @@ def get_config(arg: str = "digits"):
   config.optim.trust_coefficient = 1e-3
   config.optim.warmup_epochs = 10
 
-  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
-  for preset in presets:
+  presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu",
+                                             "simclrv2"))
+  for preset in sorted(presets, key=lambda p: p == "simclrv2"):  # stable: simclrv2 last
     if preset == "smoke":
       common.smoke_data(config)
       common.tiny_vit(config)
@@ -76,4 +84,10 @@ def get_config(arg: str = "digits"):
       common.cpu_budget(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
       config.method.temperature = 0.2   # solo-learn's CIFAR value; 0.5 needs longer runs.
+    elif preset == "simclrv2":
+      config.method.proj_layers = 3
+      if config.data.source.startswith("tfds:imagenet"):
+        config.optim.lr, config.optim.lr_scaling = 6.4, "none"
+        config.optim.weight_decay = 1e-4
+        config.epochs = 800
   return config
