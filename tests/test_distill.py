@@ -224,3 +224,30 @@ def test_distill_smoke_from_a_fixmatch_teacher_beats_chance(tmp_path):
   records = [r for r in runs.read_metrics(tmp_path / "student") if "train/loss" in r]
   assert records[-1]["train/distillation"] < 0.5 * records[0]["train/distillation"], records
   assert result["eval/top1"] > 0.3 and result["eval/knn_top1"] > 0.3, result
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+def test_label_budget_rows_take_the_last_metric_and_the_table_has_a_line_per_method(tmp_path):
+  from bench import label_budget
+  workdir = tmp_path / "fixmatch_250"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config_lib.to_json(load("fixmatch.py:smoke")))
+  (workdir / "metrics.jsonl").write_text(
+      '{"step": 10, "eval/top1": 0.2, "eval/knn_top1": 0.3}\n'
+      '{"step": 20, "train/loss": 1.0}\n{"step": 20, "eval/top1": 0.45}\n')
+  row = label_budget.row(str(workdir), method="fixmatch", labels=250, wall_s=12.0)
+  assert (row["test_top1"], row["knn_top1"], row["steps"], row["model"]) == (
+      0.45, 0.3, 20, "wrn_10_1")
+  with pytest.raises(errors.UserError, match="no eval/softnn_top1"):
+    label_budget.row(str(workdir), method="paws", labels=250, wall_s=1.0,
+                     metric="eval/softnn_top1")
+  rows = [row, {**row, "labels": 1000, "test_top1": 0.6, "wall_s": 30.0},
+          {**row, "method": "paws", "test_top1": 0.5}]
+  assert label_budget.table(rows).splitlines() == [
+      "| Method | 250 labels: test top-1 % | 250 labels: wall s | 1000 labels: test top-1 % "
+      "| 1000 labels: wall s |",
+      "|---|---|---|---|---|",
+      "| fixmatch | 45.0 | 12 | 60.0 | 30 |",
+      "| paws | 50.0 | 12 | — | — |"]
