@@ -48,7 +48,7 @@ from absl import logging
 
 from ssl_jax import runs
 from ssl_jax.losses import knowledge_distillation
-from ssl_jax.methods import base, online_probe
+from ssl_jax.methods import base, build_method, online_probe
 from ssl_jax.methods import semi_supervised as ssl
 
 STREAMS = (ssl.LABELED, ssl.UNLABELED)
@@ -82,9 +82,6 @@ def load_teacher(workdir: str, step: int | None = None) -> Teacher:
     runs.RunError: no such workdir / config.json / checkpoint.
     ValueError: the run's method has no classifier.
   """
-  # Imported here: the registry imports this module.
-  from ssl_jax.methods import build_method  # pylint: disable=g-import-not-at-top
-
   config = runs.load_config(workdir)
   method = build_method(config)
   if not hasattr(method, "logits"):
