@@ -45,6 +45,14 @@ def unlabeled_stream(config, batch_size: int) -> None:
       {"unlabeled": streams.stream_config("unlabeled", batch_size=batch_size)})
 
 
+def sgd(config, *, weight_decay: float) -> None:
+  """SGD with Nesterov momentum 0.9, lr 0.1 x batch / 256 after 5 warm-up epochs, cosine."""
+  config.optim.name, config.optim.momentum, config.optim.nesterov = "sgd", 0.9, True
+  config.optim.lr, config.optim.lr_scaling = 0.1, "linear"
+  config.optim.weight_decay = weight_decay
+  config.optim.warmup_epochs = 5
+
+
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = distill.default_method_config()
@@ -66,10 +74,7 @@ def get_config(arg: str = "smoke"):
       unlabeled_stream(config, 512)
       config.model.name, config.model.stem = "resnet18", "cifar"
       config.epochs = 200
-      config.optim.name, config.optim.momentum, config.optim.nesterov = "sgd", 0.9, True
-      config.optim.lr, config.optim.lr_scaling = 0.1, "linear"
-      config.optim.weight_decay = 5e-4
-      config.optim.warmup_epochs = 5
+      sgd(config, weight_decay=5e-4)
     elif preset == "imagenet":
       common.imagenet_data(config)
       unlabeled_stream(config, 4096)
@@ -77,10 +82,7 @@ def get_config(arg: str = "smoke"):
       config.method.num_classes = 1000
       config.method.mean, config.method.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
       config.epochs = 400
-      config.optim.name, config.optim.momentum, config.optim.nesterov = "sgd", 0.9, True
-      config.optim.lr, config.optim.lr_scaling = 0.1, "linear"
-      config.optim.weight_decay = 1e-4
-      config.optim.warmup_epochs = 5
+      sgd(config, weight_decay=1e-4)
     elif preset == "cpu":
       common.cpu_budget(config)
       unlabeled_stream(config, common.CPU_BUDGET_BATCH)
