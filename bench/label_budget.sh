@@ -24,7 +24,8 @@ LABELS=("$@")
 if [ ${#LABELS[@]} -eq 0 ]; then
   LABELS=(250 1000)
 fi
-read -r -a METHODS <<< "${METHODS:-supervised pseudo_label mean_teacher fixmatch paws simclr distill}"
+ALL="supervised pseudo_label mean_teacher fixmatch paws simclr distill"
+read -r -a METHODS <<< "${METHODS:-$ALL}"
 STEPS="${STEPS:-200}"
 mkdir -p "$ROOT"
 
