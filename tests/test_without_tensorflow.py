@@ -22,7 +22,7 @@ _CHECK = r"""
 import json, sys
 import ssl_jax.cli, ssl_jax.evaluate, ssl_jax.export, ssl_jax.report, ssl_jax.train, ssl_jax.viz
 import bench.discriminator_layers, bench.fsdp_memory, bench.input_pipeline, bench.pmae_vs_mae
-import bench.train_step
+import bench.label_budget, bench.train_step
 import numpy as np
 from tensorboard.backend.event_processing import event_file_loader
 from ssl_jax import errors, metrics_io
