@@ -141,6 +141,21 @@ def test_distill_smoke_lowers_its_loss_through_the_loop(distilled):
   assert len(losses) == 5 and losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow
+def test_distill_gives_the_same_losses_on_one_and_eight_devices(teacher_run, tmp_path):
+  losses = []
+  for devices, name in ((jax.devices()[:1], "one"), (jax.devices(), "eight")):
+    config = load("distill.py:smoke", **{
+        "method.teacher_workdir": str(teacher_run[0]), "total_steps": 3, "log_every": 1,
+        "checkpoint_every": 0, "export_at_end": False, "visualize": False,
+        "eval.protocols": ""})
+    train.train_and_evaluate(config, str(tmp_path / name), devices=devices)
+    losses.append([r["train/loss"] for r in runs.read_metrics(tmp_path / name)
+                   if "train/loss" in r])
+  assert len(losses[0]) == 3
+  np.testing.assert_allclose(losses[1], losses[0], rtol=2e-4)
+
+
 def _build(config):
   return trainer.build(config, total_steps=2, steps_per_epoch=2, devices=jax.devices()[:1])
 
