@@ -167,6 +167,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from None
   from ssl_jax import optim  # Imports this module.
   optim.check_groups(config.optim)
+  from ssl_jax import profiler  # Imports this module.
+  profiler.parse_window(config.get("profile_steps", ""))
   _check_method_keys(config)
   _check_ranges(config)
   accum = config.optim.grad_accum_steps
@@ -243,6 +245,7 @@ _CHOICES = {
     "optim.name": ("adamw", "lars", "lamb", "sgd", "larc_sgd"),  # optim.OPTIMIZERS
     "optim.lr_scaling": ("linear", "none"),
     "optim.schedule": ("cosine", "constant", "fixmatch_cosine"),
+    "wandb.mode": ("online", "offline", "disabled"),
 }
 _INTEGERS = ("seed", "batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every",
              "keep_checkpoints", "mesh.data", "mesh.fsdp", "data.image_size",
@@ -278,6 +281,8 @@ _RANGES = {
     "eval.knn_temperature": (0, True, None, False, ""),
     "eval.batch_size": (1, False, None, False, ""),
     "eval.num_vis_images": (0, False, None, False, ""),
+    "collapse.min_std": (0, False, None, False, "0 disables the warning"),
+    "collapse.min_teacher_entropy": (0, False, 1, False, "H / log K; 0 disables the warning"),
 }
 
 
@@ -369,6 +374,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.export_at_end = True
   c.visualize = True            # Reconstructions / attention maps at eval time.
+  # jax.profiler trace of steps START..STOP-1 ("START:STOP", e.g. "10:15") into
+  # W/tensorboard/plugins/profile (TensorBoard's Profile tab), process 0; "" = none.
+  c.profile_steps = ""
+
+  # One warning line when a collapse metric falls below its threshold (ssl_jax/collapse.py,
+  # docs/methods.md "Collapse metrics"); 0 disables a check.
+  c.collapse = ml_collections.ConfigDict()
+  c.collapse.min_std = 0.1               # train/collapse_std: ~1 spread, 0 collapsed.
+  c.collapse.min_teacher_entropy = 0.02  # train/collapse_teacher_entropy (DINO): H / log K.
+
+  # Weights & Biases (`pip install ssl-jax[wandb]`); off while `project` is "". Process 0 logs
+  # the same scalars as metrics.jsonl (ssl_jax/wandb_writer.py).
+  c.wandb = ml_collections.ConfigDict()
+  c.wandb.project = ""
+  c.wandb.entity = ""           # Team or user; "" = wandb's default.
+  c.wandb.name = ""             # Run name; "" = the workdir's name.
+  c.wandb.mode = "online"       # online | offline | disabled (wandb.init's `mode`).
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1              # -1: all devices not used by `fsdp`.

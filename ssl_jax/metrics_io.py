@@ -1,4 +1,4 @@
-"""Metric writers: TensorBoard + log lines, and `workdir/metrics.jsonl`.
+"""Metric writers: TensorBoard (+ log lines), `workdir/metrics.jsonl` and optionally W&B.
 
 `metrics.jsonl` is a public contract: one JSON object per logged step, with `step` and names like
 `train/loss` and `eval/knn_top1` (a fraction in [0, 1]). The loop writes each step's scalars in
@@ -11,6 +11,9 @@ often ship JAX without it, so where TensorFlow cannot be imported `tensorboard_w
 to `EventWriter` (scalars and images through the `tensorboard` package's own event-file writer,
 no TensorFlow) or, without that package either, to log lines alone; either way it says so in
 one warning line, once per process. metrics.jsonl is written the same in every case.
+
+The training loop's writers (`make_writer`) print no log lines: the loop prints its own one line
+per log step (`ssl_jax.progress`); `evaluate` and `viz` keep clu's log lines.
 """
 
 from __future__ import annotations
@@ -151,38 +154,49 @@ def _warn_once(message: str) -> None:
     logging.warning(message)
 
 
-def tensorboard_writer(logdir: str | pathlib.Path | None):
-  """Log lines + TensorBoard summaries under `logdir` (None: log lines only).
+def tensorboard_writer(logdir: str | pathlib.Path | None, *, log_lines: bool = True):
+  """TensorBoard summaries under `logdir` (None: none), with log lines of every scalar unless
+  `log_lines` is False; None when there is nothing to write.
 
-  clu's default writer where TensorFlow imports; otherwise `EventWriter`, or log lines alone
-  when the `tensorboard` package is missing too (one warning line says which).
+  clu's writers where TensorFlow imports; otherwise `EventWriter`, or no summaries when the
+  `tensorboard` package is missing too (one warning line says which).
   """
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   except ImportError as error:
+    logger = [LogWriter()] if log_lines else []
     if logdir is None:
-      return LogWriter()
+      return Writers(logger) if logger else None
     try:
       writer = EventWriter(logdir)
     except ImportError as missing:
       _warn_once(f"No TensorBoard summaries: clu's writer needs TensorFlow ({error}) and the "
-                 f"tensorboard package does not import ({missing}); metrics.jsonl and the log "
-                 "lines hold every scalar.")
-      return LogWriter()
+                 f"tensorboard package does not import ({missing}); metrics.jsonl holds every "
+                 "scalar.")
+      return Writers(logger) if logger else None
     _warn_once(f"TensorBoard summaries come from the tensorboard package's event writer: clu's "
                f"writer needs TensorFlow ({error}).")
-    return Writers([LogWriter(), writer])
+    return Writers(logger + [writer])
+  if not log_lines:
+    return None if logdir is None else metric_writers.SummaryWriter(str(logdir))
   return metric_writers.create_default_writer(
       None if logdir is None else str(logdir), just_logging=logdir is None,
       asynchronous=False)
 
 
-def make_writer(workdir: str) -> Writers:
-  """TensorBoard under `workdir/tensorboard` + log lines (+ jsonl) on process 0."""
+def make_writer(workdir: str, config=None) -> Writers:
+  """Process 0: TensorBoard under `workdir/tensorboard`, metrics.jsonl, and W&B when
+  `config.wandb.project` is set (`ssl_jax.wandb_writer`); other processes: nothing."""
   if jax.process_index() != 0:
-    return Writers([tensorboard_writer(None)])
-  return Writers([tensorboard_writer(pathlib.Path(workdir) / "tensorboard"),
-                  JsonlWriter(pathlib.Path(workdir) / "metrics.jsonl")])
+    return Writers([])
+  tensorboard = tensorboard_writer(pathlib.Path(workdir) / "tensorboard", log_lines=False)
+  writers = [w for w in (tensorboard, JsonlWriter(pathlib.Path(workdir) / "metrics.jsonl"))
+             if w is not None]
+  if config is not None and config.wandb.project:
+    from ssl_jax import wandb_writer  # pylint: disable=g-import-not-at-top  (optional)
+
+    writers.append(wandb_writer.WandbWriter(config, workdir))
+  return Writers(writers)
 
 
 def drop_records_after(workdir: str | pathlib.Path, step: int) -> None:

@@ -34,7 +34,8 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import catalog, config_lib, distributed, errors, metrics_io, summary, trainer, viz
+from ssl_jax import (catalog, collapse, config_lib, distributed, errors, metrics_io, profiler,
+                     progress, summary, trainer, viz, wandb_writer)
 from ssl_jax import steps as steps_lib
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import prefetch, streams
@@ -118,6 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         devices=None) -> dict[str, Any]:
   workdir_path = pathlib.Path(workdir)
+  wandb_writer.check_available(config)
   data = streams.make_train_data(config)
   steps_per_epoch = data.steps_per_epoch
   total_steps = steps_lib.total_steps(config, steps_per_epoch)
@@ -142,7 +144,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     metrics_io.drop_records_after(workdir, start_step)  # Steps the resumed run writes again.
 
-  writer = metrics_io.make_writer(workdir)
+  writer = metrics_io.make_writer(workdir, config)
+  monitor = collapse.Monitor(config)
+  profile = profiler.Window(config.profile_steps, workdir, start_step)
   preemption = _Preemption()
   preemption.install()
   final_metrics: dict[str, Any] = {}
@@ -155,8 +159,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     while step < total_steps:
       batch = next(data_iter)
+      profile.before_step(step, train_state)
       train_state, metrics = train_step(train_state, batch)
       step += 1
+      profile.after_step(step, train_state)
       if pending is not None:
         prev_step, prev_loss = pending
         loss_value = float(prev_loss)
@@ -184,6 +190,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         losses_since_log.append(loss_value)
         pending = None
       scalars: dict[str, float] = {}
+      eta = None
       if log_now:
         elapsed = time.time() - timer
         steps_per_sec = (step - timer_step) / max(elapsed, 1e-9)
@@ -194,22 +201,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         scalars["train/images_per_sec"] = steps_per_sec * data.images_per_step
         scalars["train/epoch"] = step / steps_per_epoch
         eta = (total_steps - step) / max(steps_per_sec, 1e-9)
-        logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f img/s  ETA %s", step,
-                     total_steps, scalars["train/loss"], steps_per_sec,
-                     scalars["train/images_per_sec"], _format_seconds(eta))
         losses_since_log = []
         timer, timer_step = time.time(), step
+        monitor.check(step, scalars)
       if eval_now:
         scalars.update(evaluator.evaluate(train_state["params"], train_state["method_state"],
                                           protocols))
-        logging.info("step %d  %s", step, "  ".join(
-            f"{name[5:]} {100 * value:.2f}%" for name, value in scalars.items()
-            if name.startswith("eval/") and name.endswith("top1")))
         if config.visualize and jax.process_index() == 0:
           viz.write_method_images(method, train_state, evaluator, writer, workdir, step,
                                   config.eval.num_vis_images)
         timer, timer_step = time.time(), step  # Eval time is not training throughput.
       if scalars:
+        # One line per log step, with the evaluation when it ran at this step.
+        logging.info("%s", progress.step_line(step, total_steps, scalars, eta_seconds=eta))
         writer.write_scalars(step, scalars)
         writer.flush()
         final_metrics.update(scalars)
@@ -221,6 +225,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         final_metrics["preempted_at"] = step
         return final_metrics
   finally:
+    profile.close()
     data_iter.close()
     preemption.uninstall()
     checkpointer.close()
@@ -232,11 +237,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   final_metrics["step"] = step
   _print_summary(final_metrics, workdir)
   return final_metrics
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _print_summary(final_metrics, workdir) -> None:

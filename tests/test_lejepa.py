@@ -132,6 +132,6 @@ def test_resnet_backbone_threads_its_batch_norm_statistics_through_the_loss():
   assert set(params) == set(state["batch_stats"]) == {"encoder", "projector"}
   loss, (metrics, new_state) = jax.eval_shape(method.loss, params, state, batch,
                                               jax.random.key(1), jnp.int32(0))
-  assert loss.shape == () and set(metrics) == {"invariance", "sigreg", "embedding_std"}
+  assert loss.shape == () and set(metrics) == {"invariance", "sigreg", "collapse_std"}
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert jax.eval_shape(method.features, params, state, batch["image"]).shape == (4, 512)

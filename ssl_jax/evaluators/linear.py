@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ssl_jax import progress
 from ssl_jax.data import splits
 
 # The L-BFGS program takes seconds to compile; rounding the record count up keeps one program for
@@ -208,7 +209,8 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_cl
   results = {}
   best_decay, best_loss = None, np.inf
   # Strongest first, so that on a tie the strongest regularisation is kept.
-  for weight_decay in sorted(weight_decays, reverse=True):
+  for weight_decay in progress.track(sorted(weight_decays, reverse=True),
+                                     "linear probe: weight decay", len(weight_decays)):
     params = fit(fit_weights, weight_decay)
     top1, _, loss = np.asarray(_weighted_scores(params, train_x, train_labels, val_weights,
                                                 num_top=num_top)) / val_weights.sum()

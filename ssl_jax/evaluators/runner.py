@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
-from ssl_jax import parallel
+from ssl_jax import parallel, progress
 from ssl_jax.data import pipeline, sources, subsets
 from ssl_jax.evaluators import fewshot, knn, linear, softnn
 from ssl_jax.methods import base
@@ -54,16 +53,20 @@ class FeatureEvaluator:
     return subsets.apply_subset(self.train_source, self.config.data.train_subset,
                                 seed=self.config.seed)
 
-  def _batches(self, source):
-    return pipeline.make_eval_batches(source, global_batch_size=self.batch_size)
+  def _batches(self, source, what: str = "features"):
+    """One pass over `source`, logging `what i/n  ETA` (`ssl_jax.progress`)."""
+    total = pipeline.eval_batch_count(len(source), self.batch_size, jax.process_count())
+    return progress.track(pipeline.make_eval_batches(source, global_batch_size=self.batch_size),
+                          f"{what}: batch", total)
 
-  def extract(self, params, state, source) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def extract(self, params, state, source,
+              what: str = "features") -> tuple[jax.Array, jax.Array, jax.Array]:
     fn = lambda images: self._features(params, state, images)
-    return knn.extract_features(fn, self._batches(source), mesh=self.mesh)
+    return knn.extract_features(fn, self._batches(source, what), mesh=self.mesh)
 
-  def extract_embeddings(self, params, state, source):
+  def extract_embeddings(self, params, state, source, what: str = "embeddings"):
     fn = lambda images: self._embeddings(params, state, images)
-    return knn.extract_features(fn, self._batches(source), mesh=self.mesh)
+    return knn.extract_features(fn, self._batches(source, what), mesh=self.mesh)
 
   def fixed_images(self, count: int) -> np.ndarray:
     """The first `count` test images (same every eval, for comparable pictures)."""
@@ -96,8 +99,8 @@ class FeatureEvaluator:
       if not protocols:
         return results
     start = time.time()
-    train = self.extract(params, state, self.train_source)
-    test = self.extract(params, state, self.test_source)
+    train = self.extract(params, state, self.train_source, "train features")
+    test = self.extract(params, state, self.test_source, "test features")
     results["eval/feature_seconds"] = time.time() - start
     masks = dict(train_mask=train[2], test_mask=test[2])
     for protocol in protocols:
@@ -112,8 +115,8 @@ class FeatureEvaluator:
                                   num_classes=self.num_classes, seed=self.config.seed, **masks)
         out = {"top1": out["top1"], "top5": out["top5"]}
       elif protocol == "softnn":
-        bank = self.extract_embeddings(params, state, self.labelled_source)
-        queries = self.extract_embeddings(params, state, self.test_source)
+        bank = self.extract_embeddings(params, state, self.labelled_source, "soft-NN bank")
+        queries = self.extract_embeddings(params, state, self.test_source, "test embeddings")
         out = softnn.soft_nn_eval(bank[0], bank[1], queries[0], queries[1],
                                   num_classes=self.num_classes,
                                   temperature=self.config.eval.softnn_temperature,
@@ -126,7 +129,6 @@ class FeatureEvaluator:
       for name, value in out.items():
         results[f"eval/{protocol}_{name}"] = float(value)
       results[f"eval/{protocol}_seconds"] = time.time() - start
-      logging.info("%s eval took %.1fs", protocol, results[f"eval/{protocol}_seconds"])
     return results
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import jax
 import ml_collections
 
+from ssl_jax import collapse
 from ssl_jax.losses import distillation
 from ssl_jax.methods import ema, joint_embedding, views
 from ssl_jax.models import heads
@@ -89,7 +90,7 @@ class BYOL(joint_embedding.JointEmbeddingMethod):
     loss = distillation.byol_loss(predictions[0], predictions[1], targets[0], targets[1])
     new_state = {**state, "batch_stats": batch_stats,
                  "teacher": {**target, "batch_stats": target_batch_stats}}
-    metrics = {"projection_std": joint_embedding.projection_std(online_out[0]["projections"]),
+    metrics = {"collapse_std": collapse.embedding_std(online_out[0]["projections"]),
                "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)
 
@@ -118,5 +119,5 @@ class SimSiam(joint_embedding.JointEmbeddingMethod):
         self.online_network, params, state["batch_stats"], images, model_rng)
     loss = distillation.simsiam_loss(out[0]["predictions"], out[1]["predictions"],
                                      out[0]["projections"], out[1]["projections"])
-    metrics = {"projection_std": joint_embedding.projection_std(out[0]["projections"])}
+    metrics = {"collapse_std": collapse.embedding_std(out[0]["projections"])}
     return loss, (metrics, {**state, "batch_stats": batch_stats})

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax import attention, optim
+from ssl_jax import collapse, attention, optim
 from ssl_jax.data import augment
 from ssl_jax.losses import distillation, schedules
 from ssl_jax.methods import base, views
@@ -218,9 +218,8 @@ class DINO(base.Method):
     if has_bn:
       new_state["batch_stats"] = {"student": student_stats, "teacher": teacher_stats}
     teacher_probs = jax.nn.softmax((teacher_logits - state["center"]) / temperature, axis=-1)
-    teacher_entropy = -jnp.mean(jnp.sum(teacher_probs * jnp.log(teacher_probs + 1e-12), -1))
     metrics = {"dino_loss": loss, "teacher_temperature": temperature,
-               "teacher_entropy": teacher_entropy,
+               "collapse_teacher_entropy": collapse.normalised_entropy(teacher_probs),
                "teacher_momentum": self.teacher_momentum(step),
                "weight_decay": self.weight_decay(step)}
     return loss, (metrics, new_state)

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax.data import augment
-from ssl_jax.losses import contrastive
 from ssl_jax.methods import base, ema, views
 from ssl_jax.models import registry
 
@@ -44,15 +43,6 @@ class EmbeddingNetwork(nn.Module):
 
   def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     return self.encoder(images, train=train)["pooled"]
-
-
-def projection_std(projections: jax.Array) -> jax.Array:
-  """Mean over dims of the batch std of L2-normalised projections (SimSiam Sec. 4.1, Fig. 2).
-
-  About 1/sqrt(dim) for well-spread embeddings and 0 for a collapsed (constant) output.
-  """
-  normalized = contrastive.l2_normalize(projections.astype(jnp.float32))
-  return jnp.mean(jnp.std(normalized, axis=0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax import collapse
 from ssl_jax.data import augment
 from ssl_jax.losses import sigreg
 from ssl_jax.methods import base, joint_embedding, views
@@ -160,7 +161,7 @@ class LeJEPA(base.Method):
       raise ValueError(f"method.sigreg_weight (lambda) must be in [0, 1], got {weight}.")
     loss = (1.0 - weight) * invariance + weight * regulariser
     metrics = {"invariance": invariance, "sigreg": regulariser,
-               "embedding_std": jnp.mean(jnp.std(projections, axis=1))}
+               "collapse_std": collapse.embedding_std(projections[0])}
     return loss, (metrics, {**state, "batch_stats": batch_stats})
 
   def features(self, params, state, images):

@@ -40,6 +40,7 @@ import dataclasses
 import jax
 import ml_collections
 
+from ssl_jax import collapse
 from ssl_jax.losses import contrastive, queue as queue_lib
 from ssl_jax.methods import ema, joint_embedding, views
 from ssl_jax.models import heads
@@ -114,7 +115,7 @@ class MoCoV2(joint_embedding.JointEmbeddingMethod):
     new_queue = queue_lib.enqueue(state["queue"], contrastive.l2_normalize(keys))
     new_state = {**state, "batch_stats": batch_stats, "queue": new_queue,
                  "teacher": {**teacher, "batch_stats": teacher_batch_stats}}
-    metrics = {"projection_std": joint_embedding.projection_std(queries),
+    metrics = {"collapse_std": collapse.embedding_std(queries),
                "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)
 
@@ -163,6 +164,6 @@ class MoCoV3(joint_embedding.JointEmbeddingMethod):
     loss = contrastive.moco_v3_loss(queries[0], queries[1], keys[0], keys[1], temperature)
     new_state = {**state, "batch_stats": batch_stats,
                  "teacher": {**teacher, "batch_stats": teacher_batch_stats}}
-    metrics = {"projection_std": joint_embedding.projection_std(online_out[0]["projections"]),
+    metrics = {"collapse_std": collapse.embedding_std(online_out[0]["projections"]),
                "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax import collapse
 from ssl_jax.data import augment
 from ssl_jax.losses import paws as paws_loss_lib
 from ssl_jax.methods import base, views
@@ -182,6 +183,7 @@ class PAWS(base.Method):
         targets_from=h[num_support:num_support + 2 * batch_size],
         target_supports=h[:num_support], support_labels=labels, num_local=num_local,
         temperature=m.temperature, sharpen_temperature=m.sharpen, me_max=bool(m.me_max))
+    metrics["collapse_std"] = collapse.embedding_std(z[num_support:num_support + batch_size])
     return loss, (metrics, new_state)
 
   def features(self, params, state, images):

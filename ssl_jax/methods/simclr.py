@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax import collapse
 from ssl_jax.losses import contrastive
 from ssl_jax.methods import joint_embedding, views
 from ssl_jax.models import heads
@@ -58,5 +59,5 @@ class SimCLR(joint_embedding.JointEmbeddingMethod):
         model_rng)
     projections1, projections2 = jnp.split(out["projections"], 2)
     nt_xent = contrastive.nt_xent_loss(projections1, projections2, temperature)
-    metrics = {"nt_xent": nt_xent, "projection_std": joint_embedding.projection_std(projections1)}
+    metrics = {"nt_xent": nt_xent, "collapse_std": collapse.embedding_std(projections1)}
     return 2.0 * nt_xent, (metrics, {**state, "batch_stats": batch_stats})

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax import steps
+from ssl_jax import collapse, steps
 from ssl_jax.data import augment
 from ssl_jax.losses import contrastive, distillation
 from ssl_jax.losses import queue as queue_lib
@@ -251,8 +251,7 @@ class SwAV(base.Method):
     if batch_stats is not None:
       new_state["batch_stats"] = batch_stats
     metrics["swav_loss"] = loss
-    # Collapse shows as unit embeddings that no longer vary over the batch (std -> 0).
-    metrics["embedding_std"] = jnp.mean(jnp.std(embeddings[0], axis=0))
+    metrics["collapse_std"] = collapse.embedding_std(embeddings[0])
     return loss, (metrics, new_state)
 
   def features(self, params, state, images):
