@@ -30,6 +30,7 @@ OURS = {
     "vit_b16_cls": (dict(name="vit_b16", pool="cls"), 0, False),
     "vit_b16_avg": (dict(name="vit_b16", pool="mean"), 0, False),
     "vit_b16_avg_fc_norm_head": (dict(name="vit_b16", pool="cls"), 1000, True),
+    "vit_b16_avg_no_cls": (dict(name="vit_b16", pool="mean", class_token=False), 0, False),
     "resnet50": (dict(name="resnet50", stem="imagenet"), 0, False),
 }
 
@@ -90,6 +91,9 @@ def test_names_and_shapes_equal_timms_own_state_dict(name):
 @pytest.mark.parametrize("model", [
     dict(name="vit_ti4", hidden_size=32, depth=2, num_heads=2, pos_embed="learn", pool="mean"),
     dict(name="vit_ti4", hidden_size=32, depth=2, num_heads=2, pos_embed="sincos"),
+    dict(name="vit_ti4", hidden_size=32, depth=2, num_heads=2, pool="mean", class_token=False),
+    dict(name="vit_ti4", hidden_size=32, depth=2, num_heads=2, pos_embed="sincos", pool="mean",
+         class_token=False),
     dict(name="resnet18", stem="imagenet"),
 ])
 def test_safetensors_round_trip_is_exact(tmp_path, model):
@@ -152,6 +156,8 @@ def test_unknown_export_format_is_a_clear_error():
 RUNS = {
     "vit_cls_head": ("configs/supervised.py:smoke", {}),
     "vit_sincos_fc_norm_head": ("configs/supervised.py:smoke,finetune_mae", {}),
+    "vit_avg_no_cls_head": ("configs/supervised.py:smoke", {"model.class_token": False,
+                                                            "model.pool": "mean"}),
     "resnet_head": ("configs/supervised.py:smoke", {"model.name": "resnet18",
                                                     "model.stem": "imagenet"}),
 }
@@ -194,6 +200,22 @@ def test_export_cli_writes_timm_and_init_from_reads_it_back(tmp_path):
   finetune.method.init_from = f"timm:{paths['safetensors']}"
   pretrained = build_method(finetune).pretrained
   jax.tree.map(np.testing.assert_array_equal, pretrained.params, params["encoder"])
+
+
+def test_export_of_a_vit_without_class_token_is_timms_avg_pool_with_fc_norm(tmp_path):
+  config, _, params, _ = _make_run(tmp_path / "run", *RUNS["vit_avg_no_cls_head"])
+  paths = export.export_checkpoint(str(tmp_path / "run"), formats=["timm"])
+  args = json.loads(pathlib.Path(paths["config"]).read_text())["model_args"]
+  assert (args["class_token"], args["global_pool"], args["fc_norm"]) == (False, "avg", True)
+  assert args["img_size"] == 32  # pos_embed [1, 64, D]: no CLS slot
+  state_dict = timm_interop.load_state_dict(paths["safetensors"])
+  assert "cls_token" not in state_dict and "norm.weight" not in state_dict
+  np.testing.assert_array_equal(state_dict["fc_norm.weight"],
+                                params["encoder"]["fc_norm"]["scale"])
+  finetune = config.copy_and_resolve_references()
+  finetune.method.init_from = f"timm:{paths['safetensors']}"
+  jax.tree.map(np.testing.assert_array_equal, build_method(finetune).pretrained.params,
+               params["encoder"])
 
 
 def _timm_python():

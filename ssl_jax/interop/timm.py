@@ -29,9 +29,12 @@ Pooling, as timm's `VisionTransformer.forward_head` does it:
   tokens: our 'mean' averages the normed tokens, which is timm's order when fc_norm is off);
 * a supervised run fine-tuned with method.feature='global_pool' (MAE: mean of the last block's
   patch tokens, then a LayerNorm `fc_norm`) -> global_pool='avg', fc_norm=True: timm's final
-  `norm` is then the identity and has no weights, so ours is left out.
-Our ViT always has a CLS token (it takes part in attention), so class_token=True in every
-variant; a timm model built with class_token=False cannot hold these weights.
+  `norm` is then the identity and has no weights, so ours is left out;
+* model.class_token=False (no CLS token; pooled = fc_norm(mean of the last block's tokens)) ->
+  class_token=False, global_pool='avg', fc_norm=True: no `cls_token`, a `pos_embed` without the
+  CLS slot ([1, N, D]), no final `norm` (timm's is the identity) and the encoder's own
+  `fc_norm` (timm `VisionTransformer.__init__`: `use_fc_norm = global_pool == 'avg'` when
+  fc_norm is None, then `norm = Identity`, `fc_norm = LayerNorm`; `num_prefix_tokens = 0`).
 
 Files: `model.safetensors` plus `config.json` in timm's Hugging Face hub layout (`architecture`,
 `num_classes`, `model_args`, `pretrained_cfg`), so either of
@@ -146,7 +149,7 @@ def _fixed_pos_embed(encoder: vit.VisionTransformer, image_size: int) -> np.ndar
     raise ValueError(f"image size {image_size} is not a multiple of the patch size "
                      f"{encoder.patch_size}.")
   return vit.sincos_pos_embed_2d(encoder.hidden_size, image_size // encoder.patch_size,
-                                 with_cls_token=True)
+                                 with_cls_token=encoder.class_token)
 
 
 def _check_backbone(encoder: nn.Module) -> None:
@@ -171,6 +174,10 @@ def to_state_dict(encoder: nn.Module, variables: Mapping[str, Any], *, image_siz
       fine-tuning); replaces the final `norm`, as timm's fc_norm=True does.
   """
   _check_backbone(encoder)
+  if fc_norm is not None and isinstance(encoder, vit.VisionTransformer) and \
+      not encoder.class_token:
+    raise ValueError("A ViT without a class token already ends in its own fc_norm; timm has "
+                     "no place for a second one on the classifier.")
   out = {}
   for collection in ("params", "batch_stats"):
     for path, value in _flat(variables.get(collection, {})).items():
@@ -208,7 +215,7 @@ def _vit_image_size(encoder: vit.VisionTransformer, params: Mapping[str, Any],
   """The resolution the learned position table was made for (else `image_size`)."""
   if encoder.pos_embed != "learn":
     return image_size
-  num_patches = np.shape(params["pos_embed"])[1] - 1
+  num_patches = np.shape(params["pos_embed"])[1] - encoder.num_prefix_tokens
   side = int(round(num_patches ** 0.5))
   if side * side != num_patches:
     raise ValueError(f"pos_embed holds {num_patches} patches, not a square grid; timm's "
@@ -232,11 +239,13 @@ def timm_config(model_config, encoder: nn.Module, params: Mapping[str, Any], *,
   if isinstance(encoder, vit.VisionTransformer):
     image_size = _vit_image_size(encoder, params, image_size)
     global_pool = "avg" if fc_norm or encoder.pool == "mean" else "token"
+    # Without a class token the encoder's own fc_norm is the pooled features' norm.
+    fc_norm = fc_norm or not encoder.class_token
     model_args = dict(img_size=image_size, patch_size=encoder.patch_size,
                       embed_dim=encoder.hidden_size, depth=encoder.depth,
                       num_heads=encoder.num_heads, mlp_ratio=encoder.mlp_ratio,
-                      class_token=True, global_pool=global_pool, fc_norm=fc_norm,
-                      num_classes=num_classes)
+                      class_token=encoder.class_token, global_pool=global_pool,
+                      fc_norm=fc_norm, num_classes=num_classes)
     data = dict(classifier="head", first_conv="patch_embed.proj", fixed_input_size=True)
   else:
     if fc_norm:
@@ -344,9 +353,10 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], encoder: nn.Module,
 def _check_fixed_pos_embed(encoder: vit.VisionTransformer, table: np.ndarray,
                            origin: str) -> None:
   """A sincos ViT keeps its fixed table: a file's pos_embed must be that table."""
-  num_patches = table.shape[1] - 1
+  num_patches = table.shape[1] - encoder.num_prefix_tokens
   side = int(round(num_patches ** 0.5))
-  expected = vit.sincos_pos_embed_2d(encoder.hidden_size, side, with_cls_token=True)
+  expected = vit.sincos_pos_embed_2d(encoder.hidden_size, side,
+                                     with_cls_token=encoder.class_token)
   if table.shape != expected.shape or not np.allclose(table, expected, atol=1e-6):
     raise ValueError(f"{origin} has a learned pos_embed, but this backbone uses fixed sin-cos "
                      "position embeddings; set model.pos_embed=learn to load it.")
