@@ -24,19 +24,27 @@ def knn_baselines(workdir: str) -> dict[str, float]:
           ["eval/knn_top1"] for init in BASELINES}
 
 
-def closing_lines(trained: float, baselines: Mapping[str, float], workdir: str) -> list[str]:
-  parts = [f"trained encoder {100 * trained:.1f}%"] + [
-      f"{BASELINES[init]} {100 * value:.1f}%" for init, value in baselines.items()]
-  return [f"k-NN top-1, same split: {' | '.join(parts)}",
-          f"Next: python -m ssl_jax.evaluate --workdir {workdir} --protocols knn,linear,fewshot",
+def next_lines(workdir: str) -> list[str]:
+  """What to run next on a finished run: the frozen-feature evaluations and a timm export."""
+  return [f"Next: python -m ssl_jax.evaluate --workdir {workdir} --protocols knn,linear,fewshot",
           f"      python -m ssl_jax.export --workdir {workdir} --format timm"]
 
 
+def closing_lines(trained: float, baselines: Mapping[str, float], workdir: str) -> list[str]:
+  parts = [f"trained encoder {100 * trained:.1f}%"] + [
+      f"{BASELINES[init]} {100 * value:.1f}%" for init, value in baselines.items()]
+  return [f"k-NN top-1, same split: {' | '.join(parts)}"] + next_lines(workdir)
+
+
 def print_closing_lines(final_metrics: Mapping[str, Any], workdir: str) -> None:
-  """After a finished run with a k-NN score: the baselines (every process evaluates, process 0
-  prints). A preempted run, or one without k-NN, prints nothing more."""
-  if "eval/knn_top1" not in final_metrics or "preempted_at" in final_metrics:
+  """After a finished run: with a k-NN score, the baselines (every process evaluates, process 0
+  prints) and what to run next; without one, what to run next. A preempted run prints nothing
+  more (its last log line says where it stopped)."""
+  if "preempted_at" in final_metrics:
     return
-  baselines = knn_baselines(workdir)
+  if "eval/knn_top1" not in final_metrics:
+    lines = next_lines(workdir)
+  else:
+    lines = closing_lines(final_metrics["eval/knn_top1"], knn_baselines(workdir), workdir)
   if jax.process_index() == 0:
-    print("\n".join(closing_lines(final_metrics["eval/knn_top1"], baselines, workdir)))
+    print("\n".join(lines))

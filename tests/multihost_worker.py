@@ -1,7 +1,9 @@
 """One process of the two-process `jax.distributed` test (run by tests/test_multihost.py).
 
-Usage: python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_JSON WORKDIR
-With NUM_PROCESSES=1 it is the single-process reference.
+Usage: python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_JSON WORKDIR [STEPS]
+With NUM_PROCESSES=1 it is the single-process reference. With STEPS it only runs the training
+loop for STEPS steps in WORKDIR (resuming what is there; a SIGTERM saves and exits) and writes
+the loop's result (tests/test_multihost.py's preemption test).
 """
 
 import json
@@ -24,6 +26,12 @@ def main():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                                num_processes=num_processes, process_id=process_id)
+  if len(sys.argv) > 6:
+    result = preemptible_loop(workdir, int(sys.argv[6]))
+    with open(out_json, "w") as f:
+      json.dump({"preempted_at": result.get("preempted_at"), "step": result.get("step"),
+                 "process_index": jax.process_index()}, f)
+    return
   from ssl_jax import config_lib, trainer
 
   config = config_lib.load_config("configs/mae.py:smoke")
@@ -57,6 +65,19 @@ def run_loop(workdir):
   loop_config.checkpoint_every = 3
   loop_config.batch_size = 16
   return train.train_and_evaluate(loop_config, workdir)
+
+
+def preemptible_loop(workdir, total_steps):
+  """MAE smoke, logging (and so agreeing on a SIGTERM across hosts) every step, saving only at
+  the end or when stopped, k-NN and export at the end."""
+  from ssl_jax import config_lib, train
+  config = config_lib.load_config("configs/mae.py:smoke")
+  config.total_steps = total_steps
+  config.log_every = 1
+  config.checkpoint_every = 0
+  config.batch_size = 16
+  config.visualize = False
+  return train.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,17 @@ def test_closing_lines():
       "      python -m ssl_jax.export --workdir W --format timm"]
 
 
+def test_a_run_without_knn_still_says_what_to_run_next(capsys):
+  summary.print_closing_lines({"train/loss": 1.0}, "W")
+  assert capsys.readouterr().out.splitlines() == summary.next_lines("W")
+  assert summary.next_lines("W")[1].endswith("python -m ssl_jax.export --workdir W --format timm")
+
+
 @pytest.mark.slow  # two k-NN evaluations (compiling an encoder init): about a minute on 2 cores
 def test_finished_run_prints_the_three_numbers_and_a_preempted_one_nothing(tmp_path, capsys):
   config = config_lib.load_config(f"{REPO}/configs/mae.py:smoke")
   (tmp_path / "config.json").write_text(config_lib.to_json(config))
   summary.print_closing_lines({"eval/knn_top1": 0.5, "preempted_at": 7}, str(tmp_path))
-  summary.print_closing_lines({"train/loss": 1.0}, str(tmp_path))      # no k-NN evaluated
   assert capsys.readouterr().out == ""
   summary.print_closing_lines({"eval/knn_top1": 0.5}, str(tmp_path))
   first = capsys.readouterr().out.splitlines()[0]
