@@ -6,8 +6,10 @@ r"""The one training loop, for every method.
 config -> data streams (this process's shard: `ssl_jax.data.streams`) -> grain batches -> one
 global sharded pytree, built ahead in a thread (`ssl_jax.data.prefetch`) -> jitted train step
 (`ssl_jax.trainer`) [views on device -> method.loss -> grads -> optax -> method.update_state]
--> metrics (ssl_jax.metrics_io: TensorBoard, stdout, metrics.jsonl) / evaluators / orbax
-checkpoints.
+-> metrics (`ssl_jax.metrics_io`: TensorBoard, metrics.jsonl, optional W&B; one stdout line per
+log step with ETA and the collapse metrics: `ssl_jax.progress`, `ssl_jax.collapse`) /
+evaluators / orbax checkpoints, and an optional profiler window (`profile_steps`,
+`ssl_jax.profiler`).
 
 A run resumes from the latest checkpoint in its workdir, data iterator included, so an
 interrupted run sees exactly the batches an uninterrupted one would. SIGTERM (TPU preemption)
