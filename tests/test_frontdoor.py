@@ -129,6 +129,20 @@ def _fake_wandb():
   return module
 
 
+def test_wandb_writer_resumes_one_run_per_workdir_and_logs_each_image(tmp_path, monkeypatch):
+  fake = _fake_wandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  config = config_lib.base_config()
+  config.wandb.project = "p"
+  writer = wandb_writer.WandbWriter(config, str(tmp_path))
+  writer.write_images(7, {"reconstruction": np.zeros((2, 4, 4, 3), np.uint8)})
+  writer.close()
+  wandb_writer.WandbWriter(config, str(tmp_path))  # The resumed run: the same W&B id.
+  assert fake.inits[0]["id"] == fake.inits[1]["id"] and len(fake.inits[0]["id"]) == 16
+  assert fake.logged == [(7, {"reconstruction": [("image", (4, 4, 3))] * 2})]
+  assert fake.runs[0].finished
+
+
 # ------------------------------------------------------ one toy run through the real loop
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
@@ -195,6 +209,7 @@ def test_toy_run_logs_to_wandb_what_metrics_jsonl_holds(toy_run):
   workdir, _, fake, _ = toy_run
   (init,) = fake.inits
   assert init["project"] == "toy" and init["mode"] == "offline"
+  assert init["name"] == workdir.name and init["dir"] == str(workdir)
   assert init["config"]["method"]["name"] == "simclr" and init["resume"] == "allow"
   assert init["id"] == (workdir / "wandb_id").read_text().strip()
   records = runs.read_metrics(workdir)
