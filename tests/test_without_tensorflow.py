@@ -85,8 +85,7 @@ def test_smoke_run_trains_and_evaluates_without_tensorflow(tmp_path):
   assert (tmp_path / "eval" / "random.json").exists()
 
 
-def test_without_tensorboard_either_metrics_go_to_jsonl_and_log_lines(tmp_path, monkeypatch,
-                                                                      caplog):
+def test_without_tensorboard_either_metrics_go_to_jsonl(tmp_path, monkeypatch, caplog):
   import clu
   from ssl_jax import metrics_io
 
@@ -107,4 +106,9 @@ def test_without_tensorboard_either_metrics_go_to_jsonl_and_log_lines(tmp_path, 
           (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
   messages = [r.getMessage() for r in caplog.records]
   assert sum("No TensorBoard summaries" in m for m in messages) == 1
-  assert "[2] train/loss=0.5" in messages
+  # No second line per step: the loop prints its own (ssl_jax.progress.step_line).
+  assert not any(m.startswith("[2]") for m in messages)
+  # evaluate and viz keep clu-style log lines where nothing else prints their scalars.
+  with caplog.at_level("INFO"):
+    metrics_io.tensorboard_writer(None).write_scalars(3, {"eval/knn_top1": 0.5})
+  assert "[3] eval/knn_top1=0.5" in [r.getMessage() for r in caplog.records]
