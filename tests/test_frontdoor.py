@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import logging
 
 from ssl_jax import collapse, config_lib, profiler, progress, runs, train, wandb_writer
 
@@ -162,12 +161,12 @@ def toy_run(tmp_path_factory):
   handler = _ListHandler()
   absl_logger = std_logging.getLogger("absl")
   absl_logger.addHandler(handler)
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.INFO)
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.INFO)
   try:
     result = train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.setLevel(level)  # As it was (absl's set_verbosity would pin a level).
     absl_logger.removeHandler(handler)
     if saved is None:
       sys.modules.pop("wandb", None)

@@ -96,7 +96,7 @@ def test_without_tensorboard_either_metrics_go_to_jsonl(tmp_path, monkeypatch, c
   monkeypatch.delattr(clu, "metric_writers", raising=False)
   monkeypatch.setattr(metrics_io, "EventWriter", no_tensorboard)
   monkeypatch.setattr(metrics_io, "_warned_without_tensorflow", False)
-  with caplog.at_level("INFO"):
+  with caplog.at_level("INFO", logger="absl"):
     for step in (1, 2):
       writer = metrics_io.make_writer(str(tmp_path))
       writer.write_scalars(step, {"train/loss": 0.5})
@@ -109,6 +109,6 @@ def test_without_tensorboard_either_metrics_go_to_jsonl(tmp_path, monkeypatch, c
   # No second line per step: the loop prints its own (ssl_jax.progress.step_line).
   assert not any(m.startswith("[2]") for m in messages)
   # evaluate and viz keep clu-style log lines where nothing else prints their scalars.
-  with caplog.at_level("INFO"):
+  with caplog.at_level("INFO", logger="absl"):
     metrics_io.tensorboard_writer(None).write_scalars(3, {"eval/knn_top1": 0.5})
   assert "[3] eval/knn_top1=0.5" in [r.getMessage() for r in caplog.records]
