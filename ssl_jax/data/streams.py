@@ -25,10 +25,18 @@ with `b` that stream's global batch. The kinds:
   contiguous share of the rows, which are ordered sample-major (row r holds sample r // C of
   class r % C), so every process's share holds the same classes whenever the process count
   divides `per_class`.
+* `pseudo_labeled`: the records of the split zipped with the labels file `labels_file` that
+  `python -m ssl_jax.label` wrote for the same source and split (`ssl_jax.data.pseudo_labels`):
+  records below `min_confidence` dropped, and with `per_class` > 0 each class balanced to
+  `per_class` records (Noisy Student's data selection), shuffled. Its rows carry the hard
+  pseudo-label as `label` and the teacher's probabilities as `soft` (float32
+  [b, method.num_classes]). The record count and the source / split recorded in the file must
+  match the stream's.
 
 Per-stream keys (see `stream_config`): `kind`, `batch_size` (global; 0 = `config.batch_size`;
 support streams have `classes * per_class` rows instead), `source` / `split` ('' = the data
-section's), `classes` and `per_class` (support only).
+section's), `classes` (support only), `per_class` (support and pseudo_labeled),
+`labels_file` and `min_confidence` (pseudo_labeled only).
 
 Every stream is sharded per process (each process reads its share of each stream's global
 batch) and shuffled with its own seed, derived from `config.seed` and the stream's name. The
@@ -54,12 +62,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssl_jax.data import pipeline, sources, subsets
+from ssl_jax.data import pipeline, pseudo_labels, sources, subsets
 
-KINDS = ("unlabeled", "labeled", "support")
+KINDS = ("unlabeled", "labeled", "support", "pseudo_labeled")
 # A stream's keys and their defaults; `stream_config` fills the ones a config leaves out.
 STREAM_DEFAULTS = {"kind": "", "batch_size": 0, "source": "", "split": "", "classes": 0,
-                   "per_class": 0}
+                   "per_class": 0, "labels_file": "", "min_confidence": 0.0}
 _SUPPORT_READ_THREADS = 8
 
 
@@ -85,7 +93,9 @@ class StreamSpec:
   source: str
   split: str
   classes: int = 0           # support only
-  per_class: int = 0         # support only
+  per_class: int = 0         # support; pseudo_labeled: records per class after balancing
+  labels_file: str = ""      # pseudo_labeled only
+  min_confidence: float = 0.0  # pseudo_labeled only
 
 
 def parse_streams(config: ml_collections.ConfigDict) -> tuple[StreamSpec, ...]:
@@ -136,15 +146,25 @@ def parse_streams(config: ml_collections.ConfigDict) -> tuple[StreamSpec, ...]:
             f"classes * per_class rows; leave batch_size at 0.")
       batch_size = values["classes"] * values["per_class"]
     else:
-      for key in ("classes", "per_class"):
+      for key in ("classes",) if kind == "pseudo_labeled" else ("classes", "per_class"):
         if values[key]:
           raise StreamConfigError(f"{where}.{key} applies to support streams only; this "
                                   f"stream is {kind!r}. Remove it or set it to 0.")
       batch_size = values["batch_size"] or int(config.batch_size)
+    confidence = values["min_confidence"]
+    if kind != "pseudo_labeled" and (values["labels_file"] or confidence):
+      raise StreamConfigError(f"{where}.labels_file and .min_confidence apply to "
+                              f"pseudo_labeled streams only; this stream is {kind!r}.")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not (
+        0.0 <= confidence <= 1.0):
+      raise StreamConfigError(f"{where}.min_confidence must be a probability in [0, 1], got "
+                              f"{confidence!r}.")
     specs.append(StreamSpec(name=name, kind=kind, batch_size=batch_size,
                             source=values["source"] or config.data.source,
                             split=values["split"] or config.data.train_split,
-                            classes=values["classes"], per_class=values["per_class"]))
+                            classes=values["classes"], per_class=values["per_class"],
+                            labels_file=values["labels_file"],
+                            min_confidence=float(confidence)))
   if config.data.train_subset and not any(s.kind != "unlabeled" for s in specs):
     raise StreamConfigError(
         f"data.train_subset={config.data.train_subset!r} selects the records of 'labeled' "
@@ -175,16 +195,19 @@ def batch_shapes(config: ml_collections.ConfigDict, *, process_count: int = 1,
   global batch), in the structure the step receives; `rows` replaces every stream's batch."""
   size = int(config.data.image_size)
 
-  def shapes(batch_size):
+  def shapes(batch_size, kind=""):
     local = rows if rows is not None else pipeline.per_process_batch_size(batch_size,
                                                                           process_count)
-    return {"image": jax.ShapeDtypeStruct((local, size, size, 3), np.uint8),
-            "label": jax.ShapeDtypeStruct((local,), np.int32)}
+    shape = {"image": jax.ShapeDtypeStruct((local, size, size, 3), np.uint8),
+             "label": jax.ShapeDtypeStruct((local,), np.int32)}
+    if kind == "pseudo_labeled":
+      shape["soft"] = jax.ShapeDtypeStruct((local, int(config.method.num_classes)), np.float32)
+    return shape
 
-  sizes = batch_sizes(config)
-  if isinstance(sizes, int):
-    return shapes(sizes)
-  return {name: shapes(batch_size) for name, batch_size in sizes.items()}
+  specs = parse_streams(config)
+  if not specs:
+    return shapes(int(config.batch_size))
+  return {spec.name: shapes(spec.batch_size, spec.kind) for spec in specs}
 
 
 def zeros_batch(config: ml_collections.ConfigDict, *, process_count: int = 1,
@@ -377,6 +400,49 @@ def _read_source(config, spec: str, split: str):
                             data_dir=config.data.data_dir or None)
 
 
+def pseudo_labeled_source(config: ml_collections.ConfigDict, spec: StreamSpec,
+                          source) -> pseudo_labels.PseudoLabeledSource:
+  """`source` zipped with the stream's labels file, after Noisy Student's selection.
+
+  Raises:
+    sources.DataError: no labels file, or one written for other records (count, spec, split)
+      or another number of classes than `method.num_classes`.
+  """
+  where = f"data.streams.{spec.name}"
+  if not spec.labels_file:
+    raise sources.DataError(
+        f"{where}.labels_file is empty. Write the teacher's labels with python -m "
+        f"ssl_jax.label --workdir TEACHER --data {spec.source} --split {spec.split} --out "
+        f"labels.npz, then pass --config.{where}.labels_file=labels.npz.")
+  labels = pseudo_labels.read(spec.labels_file)
+  recorded = (labels.meta.get("source"), labels.meta.get("split"))
+  if recorded != (spec.source, spec.split):
+    raise sources.DataError(
+        f"{spec.labels_file} labels source {recorded[0]!r} split {recorded[1]!r}, but {where} "
+        f"reads {spec.source!r} split {spec.split!r}. Label the stream's own records (python -m "
+        "ssl_jax.label --data SPEC --split SPLIT) or point the stream at the labelled source.")
+  if len(labels) != len(source):
+    raise sources.DataError(
+        f"{spec.labels_file} holds {len(labels)} predictions but {spec.source!r} split "
+        f"{spec.split!r} has {len(source)} records; the source changed since it was labelled: "
+        "label it again.")
+  num_classes = int(config.method.num_classes)
+  if labels.num_classes != num_classes:
+    raise sources.DataError(
+        f"{spec.labels_file} holds {labels.num_classes}-class predictions but "
+        f"method.num_classes={num_classes}; set method.num_classes={labels.num_classes}.")
+  indices = pseudo_labels.select(labels, min_confidence=spec.min_confidence,
+                                 per_class=spec.per_class)
+  if indices.size == 0:
+    raise sources.DataError(
+        f"No record of {spec.labels_file} reaches {where}.min_confidence="
+        f"{spec.min_confidence} (highest: {labels.confidence.max():.3f}); lower it.")
+  return pseudo_labels.PseudoLabeledSource(
+      source, labels, indices,
+      description=f"labels_file={spec.labels_file!r}, min_confidence={spec.min_confidence}, "
+                  f"per_class={spec.per_class}")
+
+
 def make_train_data(config: ml_collections.ConfigDict, *, process_index: int | None = None,
                     process_count: int | None = None) -> TrainData:
   """The training iterator `config` asks for, this process's shard of it."""
@@ -403,6 +469,8 @@ def make_train_data(config: ml_collections.ConfigDict, *, process_index: int | N
     seed = stream_seed(config.seed, spec.name)
     if spec.kind == "unlabeled":
       source = UnlabeledSource(source)
+    elif spec.kind == "pseudo_labeled":
+      source = pseudo_labeled_source(config, spec, source)
     else:
       if (key, "subset") not in read:
         read[(key, "subset")] = subsets.apply_subset(source, config.data.train_subset,

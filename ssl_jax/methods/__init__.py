@@ -33,6 +33,7 @@ _METHODS: dict[str, str] = {
     "mean_teacher": "ssl_jax.methods.mean_teacher:MeanTeacher",
     "fixmatch": "ssl_jax.methods.fixmatch:FixMatch",
     "distill": "ssl_jax.methods.distill:Distill",
+    "noisy_student": "ssl_jax.methods.noisy_student:NoisyStudent",
 }
 
 
@@ -60,6 +61,7 @@ _DEFAULT_CONFIGS: dict[str, str] = {
     "mean_teacher": "ssl_jax.methods.mean_teacher:default_method_config",
     "fixmatch": "ssl_jax.methods.fixmatch:default_method_config",
     "distill": "ssl_jax.methods.distill:default_method_config",
+    "noisy_student": "ssl_jax.methods.noisy_student:default_method_config",
 }
 
 

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax.data import augment, randaugment
 from ssl_jax.methods import semi_supervised as ssl
 
 
@@ -60,18 +59,13 @@ class FixMatch(ssl.SemiSupervisedClassifier):
   def weak_and_strong(self, rng, images):
     """(weak, strong) normalised views of the same uint8 images, row i of both from image i."""
     m = self.config.method
-    weak_rng, shift_rng, strong_rng, cutout_rng = jax.random.split(rng, 4)
-    weak = self.weak(weak_rng, images)
-    # The strong view starts from its own flip + translation (fixmatch applies RA to the
-    # weakly augmented image), then RandAugment and Cutout in [0, 1] pixels.
-    unit = ssl.flip_and_translate(shift_rng, images.astype(jnp.float32) / 255.0,
-                                  flip_prob=m.flip_prob, max_shift=self.max_shift)
-    unit = randaugment.rand_augment_batch(
-        strong_rng, unit, num_layers=m.randaugment_layers, magnitude=m.randaugment_magnitude,
-        magnitude_std=float("inf"), prob=1.0, fill=(0.5, 0.5, 0.5))
-    unit = jax.vmap(lambda key, image: augment.cutout(key, image, m.cutout_fraction))(
-        jax.random.split(cutout_rng, images.shape[0]), unit)
-    return weak, augment.normalize(unit, tuple(m.mean), tuple(m.std))
+    weak_rng, *strong_rngs = jax.random.split(rng, 4)
+    strong = ssl.strong_view(strong_rngs, images, flip_prob=m.flip_prob,
+                             max_shift=self.max_shift, layers=m.randaugment_layers,
+                             magnitude=m.randaugment_magnitude, magnitude_std=float("inf"),
+                             prob=1.0, cutout_fraction=m.cutout_fraction, mean=m.mean,
+                             std=m.std)
+    return self.weak(weak_rng, images), strong
 
   def loss(self, params, state, batch, rng, step):
     del step

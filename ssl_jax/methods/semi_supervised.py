@@ -1,4 +1,5 @@
-"""Shared machinery of the labelled + unlabelled classifiers: Pseudo-label, Mean Teacher, FixMatch.
+"""Shared machinery of the labelled + unlabelled classifiers: Pseudo-label, Mean Teacher, FixMatch,
+Noisy Student.
 
 Each of these methods trains one backbone + linear classifier on two data streams
 (`ssl_jax.data.streams`): cross-entropy on `batch['labeled']` (the class-balanced subset
@@ -14,7 +15,9 @@ This module holds what they share:
   interleaves its batches to the same end);
 * the weak view: horizontal flip + translation by up to `max_shift_fraction` of the side with
   reflect padding (FixMatch's weak augmentation, and the flip + translate of Mean Teacher and
-  Oliver et al. 2018);
+  Oliver et al. 2018); the strong view: RandAugment (+ Cutout) on top of it (FixMatch's strong
+  view, Noisy Student's input noise);
+* the losses: masked cross-entropy against hard targets, cross-entropy against soft targets;
 * an exponential moving average of the student (`ema_decay`, 0 = none) that is evaluated:
   `features` (k-NN) and `logits` (`eval/top1`, the `classifier` protocol on the test split) read
   it when present; FixMatch averages the BatchNorm statistics too (fixmatch's EMA covers every
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ssl_jax.data import augment
+from ssl_jax.data import augment, randaugment
 from ssl_jax.losses import schedules
 from ssl_jax.methods import base
 from ssl_jax.models import registry
@@ -100,11 +103,40 @@ def weak_view(rng: jax.Array, images: jax.Array, *, flip_prob: float, max_shift:
   return augment.normalize(unit, tuple(mean), tuple(std))
 
 
+def strong_view(rngs: Sequence[jax.Array], images: jax.Array, *, flip_prob: float,
+                max_shift: int, layers: int, magnitude: float, magnitude_std: float,
+                prob: float, cutout_fraction: float, mean: Sequence[float],
+                std: Sequence[float]) -> jax.Array:
+  """uint8 [B, H, W, 3] -> the normalised strong view: its own flip + translation (fixmatch
+  applies RA to the weakly augmented image), RandAugment (`randaugment.rand_augment_batch`,
+  `layers` ops at `magnitude`), then Cutout when `cutout_fraction` > 0, in [0, 1] pixels.
+
+  `rngs` are three keys: translation, RandAugment, Cutout.
+  """
+  shift_rng, ops_rng, cutout_rng = rngs
+  unit = flip_and_translate(shift_rng, images.astype(jnp.float32) / 255.0,
+                            flip_prob=flip_prob, max_shift=max_shift)
+  unit = randaugment.rand_augment_batch(ops_rng, unit, num_layers=layers, magnitude=magnitude,
+                                        magnitude_std=magnitude_std, prob=prob,
+                                        fill=(0.5, 0.5, 0.5))
+  if cutout_fraction > 0:
+    unit = jax.vmap(lambda key, image: augment.cutout(key, image, cutout_fraction))(
+        jax.random.split(cutout_rng, images.shape[0]), unit)
+  return augment.normalize(unit, tuple(mean), tuple(std))
+
+
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
   """mean_i mask_i * CE(logits_i, targets_i), over ALL rows (FixMatch Eq. 2; masked rows count
   in the denominator)."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   return jnp.mean(mask.astype(jnp.float32) * losses)
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """mean_i H(q_i, softmax(logits_i)) = mean_i -sum_c q_ic log softmax(logits_i)_c against
+  probability targets q (Noisy Student's soft pseudo-labels); no gradient into q."""
+  return jnp.mean(optax.softmax_cross_entropy(
+      logits.astype(jnp.float32), jax.lax.stop_gradient(targets).astype(jnp.float32)))
 
 
 def confident_targets(logits: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
@@ -117,13 +149,18 @@ def confident_targets(logits: jax.Array, threshold: float) -> tuple[jax.Array, j
 
 
 class ClassifierHead(nn.Module):
-  """The linear classifier on the pooled features (fixmatch: glorot_normal kernel)."""
+  """The linear classifier on the pooled features (fixmatch: glorot_normal kernel), with
+  optional dropout on its input in training (Noisy Student: 0.5; needs the 'dropout' rng)."""
   num_classes: int
+  dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, features: jax.Array) -> jax.Array:
+  def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
+    features = features.astype(jnp.float32)
+    if self.dropout_rate > 0:
+      features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.glorot_normal(),
-                    name="head")(features.astype(jnp.float32))
+                    name="head")(features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +177,8 @@ class SemiSupervisedClassifier(base.Method):
   ema_blends_batch_stats = True
   # The data streams `loss` reads (distillation reads whichever are declared and checks them).
   required_streams = (LABELED, UNLABELED)
+  # Dropout on the classifier's input in training (Noisy Student's noise).
+  head_dropout = 0.0
 
   def __post_init__(self):
     m = self.config.method
@@ -152,10 +191,14 @@ class SemiSupervisedClassifier(base.Method):
       raise ValueError(f"method.max_shift_fraction must be in [0, 0.5), got "
                        f"{m.max_shift_fraction}.")
     declared = set(self.config.data.streams.keys())
-    if not set(self.required_streams) <= declared:
-      raise ValueError(f"method {m.name!r} reads two data streams, {LABELED!r} and "
-                       f"{UNLABELED!r}; config.data.streams declares {sorted(declared)}. Add "
-                       "them with streams.stream_config('labeled', ...) / ('unlabeled', ...).")
+    missing = [name for name in self.required_streams if name not in declared]
+    if missing:
+      # Each stream's kind is its name ('labeled', 'unlabeled', 'pseudo_labeled').
+      raise ValueError(f"method {m.name!r} reads the data streams "
+                       f"{', '.join(map(repr, self.required_streams))}; config.data.streams "
+                       f"declares {sorted(declared)}. Add them with "
+                       + " / ".join(f"streams.stream_config({n!r}, ...)" for n in missing)
+                       + ".")
 
   @property
   def encoder(self) -> nn.Module:
@@ -163,7 +206,7 @@ class SemiSupervisedClassifier(base.Method):
 
   @property
   def head(self) -> ClassifierHead:
-    return ClassifierHead(self.config.method.num_classes)
+    return ClassifierHead(self.config.method.num_classes, dropout_rate=self.head_dropout)
 
   @property
   def max_shift(self) -> int:
@@ -188,26 +231,37 @@ class SemiSupervisedClassifier(base.Method):
       state["ema"] = {"params": copy(params), "batch_stats": copy(state["batch_stats"])}
     return params, state
 
-  def apply_model(self, params, batch_stats, images, *, train: bool):
-    """(logits [B, C], pooled features [B, D], updated BatchNorm statistics)."""
+  def apply_model(self, params, batch_stats, images, *, train: bool, rng=None):
+    """(logits [B, C], pooled features [B, D], updated BatchNorm statistics).
+
+    `rng` feeds the model's noise in training (stochastic depth, the head's dropout); without
+    it the model must have none.
+    """
+    rngs = {}
+    if rng is not None:
+      encoder_rng, head_rng = jax.random.split(rng)
+      rngs = {"encoder": {"dropout": encoder_rng}, "head": {"dropout": head_rng}}
     variables = {"params": params["encoder"]}
     if batch_stats:
       variables["batch_stats"] = batch_stats
     if train and batch_stats:
-      out, updated = self.encoder.apply(variables, images, train=True, mutable=["batch_stats"])
+      out, updated = self.encoder.apply(variables, images, train=True, mutable=["batch_stats"],
+                                        rngs=rngs.get("encoder"))
       batch_stats = updated["batch_stats"]
     else:
-      out = self.encoder.apply(variables, images, train=train)
+      out = self.encoder.apply(variables, images, train=train, rngs=rngs.get("encoder"))
     pooled = out["pooled"].astype(jnp.float32)
-    logits = self.head.apply({"params": {"head": params["head"]}}, pooled)
+    logits = self.head.apply({"params": {"head": params["head"]}}, pooled, train=train,
+                             rngs=rngs.get("head"))
     return logits, pooled, batch_stats
 
-  def student_logits(self, params, state, views: Sequence[jax.Array]):
+  def student_logits(self, params, state, views: Sequence[jax.Array], rng=None):
     """Logits of each view (in order) from ONE training-mode forward of their concatenation,
-    and the student's updated BatchNorm statistics."""
+    and the student's updated BatchNorm statistics (`rng`: the model's noise, if any)."""
     sizes = [v.shape[0] for v in views]
     logits, _, batch_stats = self.apply_model(params, state["batch_stats"],
-                                              jnp.concatenate(views, axis=0), train=True)
+                                              jnp.concatenate(views, axis=0), train=True,
+                                              rng=rng)
     splits = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
     return jnp.split(logits, splits, axis=0), batch_stats
 

@@ -72,7 +72,7 @@ def build_encoder(model_config) -> nn.Module:
   ViT: pool ('cls'), class_token (True), pos_embed ('learn'), drop_path_rate (0.0), hidden_size /
   depth / num_heads (0: the variant's own); ResNet: stem ('imagenet'); Wide ResNet:
   batch_norm_momentum (0.999, FixMatch's; short runs need less, or the running statistics stay
-  at their init).
+  at their init), drop_path_rate (0.0).
   """
   name = model_config.get("name", None)
   if name is None:
@@ -93,8 +93,12 @@ def build_encoder(model_config) -> nn.Module:
     momentum = float(model_config.get("batch_norm_momentum", wide_resnet.BATCH_NORM_MOMENTUM))
     if not 0.0 <= momentum < 1.0:
       raise ValueError(f"model.batch_norm_momentum must be in [0, 1), got {momentum}.")
+    drop_path_rate = float(model_config.get("drop_path_rate", 0.0))
+    if not 0.0 <= drop_path_rate < 1.0:
+      raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path_rate}.")
     return wide_resnet.WideResNet(depth=depth, width=width, batch_norm_momentum=momentum,
-                                  dtype=dtype, param_dtype=jnp.float32)
+                                  drop_path_rate=drop_path_rate, dtype=dtype,
+                                  param_dtype=jnp.float32)
   if not name.startswith("vit_"):
     raise _unknown_name_error(name)
   variant, patch_size = parse_vit_name(name)

@@ -11,7 +11,10 @@ filters=32 for WRN-28-2), which the semi-supervised papers compare on (Oliver et
 * convolutions keep their bias (tf.layers.conv2d's default) and start from
   N(0, 2 / (k * k * out_channels)) (fixmatch's `conv_args`); 'SAME' padding as TensorFlow;
 * BatchNorm momentum 0.999 (TF/Flax convention; PyTorch's 0.001) by default, epsilon 1e-3
-  (TF's default).
+  (TF's default);
+* optional stochastic depth (`drop_path_rate`, 0 by default: FixMatch has none): block i of L
+  drops its residual branch with probability drop_path_rate * i / (L - 1), the linear decay
+  rule Noisy Student uses (Xie et al. 2020: survival 0.8 at the last block; Huang et al. 2016).
 
 WRN-28-2 with a 10-class linear head has 1,469,642 parameters (the papers' "1.5M"): the
 1,467,610 of the bias-free PyTorch ports (kekmodel/FixMatch-pytorch) plus 2,032 conv biases.
@@ -23,6 +26,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax.models.vit import DropPath
 
 Dtype = Any
 
@@ -44,6 +50,7 @@ class WideBlock(nn.Module):
   stride: int = 1
   activate_before_residual: bool = False
   batch_norm_momentum: float = BATCH_NORM_MOMENTUM
+  drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -62,7 +69,7 @@ class WideBlock(nn.Module):
     x = _conv(self.features, 3, 1, self.dtype, self.param_dtype, "conv2")(x)
     if x0.shape[-1] != self.features:
       x0 = _conv(self.features, 1, self.stride, self.dtype, self.param_dtype, "shortcut")(x0)
-    return x0 + x
+    return x0 + DropPath(self.drop_path_rate)(x, train=train)
 
 
 class WideResNet(nn.Module):
@@ -70,6 +77,7 @@ class WideResNet(nn.Module):
   depth: int = 28
   width: int = 2
   batch_norm_momentum: float = BATCH_NORM_MOMENTUM
+  drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -79,6 +87,8 @@ class WideResNet(nn.Module):
                        f"got {self.depth}.")
     if self.width < 1:
       raise ValueError(f"A Wide ResNet's width must be >= 1, got {self.width}.")
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
 
   @property
   def feature_dim(self) -> int:
@@ -88,13 +98,16 @@ class WideResNet(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     self._check_attributes()
     repeat = (self.depth - 4) // 6
+    drop_path_rates = np.linspace(0.0, self.drop_path_rate, 3 * repeat)
     x = _conv(16, 3, 1, self.dtype, self.param_dtype, "stem")(images.astype(self.dtype))
     for scale in range(3):
       features = 16 * self.width << scale
       for index in range(repeat):
         x = WideBlock(features, stride=2 if scale and index == 0 else 1,
                       activate_before_residual=scale == 0 and index == 0,
-                      batch_norm_momentum=self.batch_norm_momentum, dtype=self.dtype,
+                      batch_norm_momentum=self.batch_norm_momentum,
+                      drop_path_rate=float(drop_path_rates[scale * repeat + index]),
+                      dtype=self.dtype,
                       param_dtype=self.param_dtype, name=f"stage{scale + 1}_block{index + 1}")(
                           x, train=train)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum,
