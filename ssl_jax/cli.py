@@ -1,7 +1,7 @@
 """Console scripts (pyproject.toml [project.scripts]): each is its `python -m ssl_jax.X` form.
 
     ssl-jax-train == python -m ssl_jax.train, ssl-jax-evaluate, ssl-jax-export, ssl-jax-viz,
-    ssl-jax-report likewise.
+    ssl-jax-report, ssl-jax-label likewise.
 
 Modules are imported when their command runs, so one command does not pay for the others.
 """
@@ -30,3 +30,8 @@ def viz() -> None:
 def report() -> None:
   from ssl_jax import report as module
   module.main()  # Returns the table for library callers; a script's exit status stays 0.
+
+
+def label() -> None:
+  from ssl_jax import label as module
+  module.run()

@@ -28,7 +28,7 @@ def test_every_subpackage_is_listed():
 def test_console_scripts_are_the_module_entry_points():
   scripts = PYPROJECT["project"]["scripts"]
   assert set(scripts) == {"ssl-jax-train", "ssl-jax-evaluate", "ssl-jax-export", "ssl-jax-viz",
-                          "ssl-jax-report"}
+                          "ssl-jax-report", "ssl-jax-label"}
   for script, target in scripts.items():
     module_name, function = target.split(":")
     assert callable(getattr(importlib.import_module(module_name), function)), script
