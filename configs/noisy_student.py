@@ -68,6 +68,7 @@ def get_config(arg: str = "smoke"):
   for preset in presets:
     if preset == "smoke":
       common.semi_supervised_smoke(config)
+      config.total_steps = 60  # The noised student learns more slowly than FixMatch's 40 steps.
       self_training_streams(config, labeled_batch=32, unlabeled_ratio=2, subset="per_class:10",
                             per_class=150)
     elif preset == "cifar10":

@@ -51,8 +51,8 @@ def student(tmp_path_factory):
   """One Noisy Student smoke run on a labels file, reused as the teacher of the label tests."""
   root = tmp_path_factory.mktemp("self_training")
   digits_labels(root / "labels.npz")
-  config = student_config(root / "labels.npz", total_steps=30, export_at_end=False,
-                          visualize=False, checkpoint_every=0)
+  config = student_config(root / "labels.npz", export_at_end=False, visualize=False,
+                          checkpoint_every=0)
   result = train.train_and_evaluate(config, str(root / "student"), devices=jax.devices()[:1])
   return root / "student", result
 
@@ -131,7 +131,7 @@ def test_pseudo_labeled_stream_counts_records_after_selection(tmp_path):
                                            truth)) == len(truth)
 
 
-def test_pseudo_labeled_stream_rejects_labels_of_other_records(tmp_path):
+def test_pseudo_labeled_stream_rejects_labels_of_other_records(tmp_path, monkeypatch):
   digits_labels(tmp_path / "short.npz", records=100)
   with pytest.raises(sources.DataError, match="holds 100 predictions but 'digits' split "
                                               "'train' has 1497 records"):
@@ -141,6 +141,10 @@ def test_pseudo_labeled_stream_rejects_labels_of_other_records(tmp_path):
   with pytest.raises(sources.DataError, match="labels source 'npz:/data/{split}.npz'"):
     streams.make_train_data(student_config(tmp_path / "other.npz"), process_index=0,
                             process_count=1)
+  # The same npz named by a relative and by an absolute path is the same source.
+  monkeypatch.chdir(tmp_path)
+  assert pseudo_labels.same_source("npz:./{split}.npz", f"npz:{tmp_path}/{{split}}.npz")
+  assert not pseudo_labels.same_source("npz:/a/{split}.npz", "npz:/b/{split}.npz")
   with pytest.raises(sources.DataError, match="ssl_jax.label"):
     streams.make_train_data(student_config(""), process_index=0, process_count=1)
   with pytest.raises(config_lib.ConfigError, match="min_confidence"):
@@ -165,7 +169,8 @@ def test_noisy_student_loss_is_labelled_ce_plus_soft_ce_against_numpy(tmp_path):
   # The method's total with fixed student logits: CE_l + w * H(q, p_u), soft or one-hot q.
   for soft_targets, unlabeled in ((True, soft_ce), (False, hard_ce)):
     config = student_config(tmp_path / "x.npz", **{"method.soft_targets": soft_targets,
-                                                   "method.unlabeled_weight": 2.0})
+                                                   "method.unlabeled_weight": 2.0,
+                                                   "method.randaugment_layers": 0})
 
     class Fixed(noisy_student.NoisyStudent):
       def student_logits(self, params, state, views, rng=None):
@@ -188,7 +193,8 @@ def test_smoke_student_lowers_its_loss_and_beats_chance(student):
   workdir, result = student
   records = runs.read_metrics(workdir)
   losses = [r["train/loss"] for r in records if "train/loss" in r]
-  assert losses[-1] < 0.8 * losses[0], losses
+  # The soft targets' entropy (~1.2 nats here) bounds the pseudo-labelled term from below.
+  assert losses[-1] < 0.9 * losses[0], losses
   assert result["eval/top1"] > 0.3 and result["eval/knn_top1"] > 0.3, result  # chance: 0.1
 
 
@@ -216,7 +222,7 @@ def test_label_cli_writes_one_prediction_per_input_in_input_order(student, small
   np.testing.assert_allclose(written.confidence, direct.max(-1), rtol=1e-4)
   assert written.meta["source"] == small_source and written.meta["split"] == "test"
   assert written.meta["transforms"] == ["identity"]
-  assert written.meta["step"] == 30 and written.meta["method"] == "noisy_student"
+  assert written.meta["step"] == 60 and written.meta["method"] == "noisy_student"
 
 
 def test_label_ensemble_is_the_mean_of_per_transform_predictions(student, small_source,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,18 @@ def read(path: epath.PathLike) -> PseudoLabels:
   return PseudoLabels(soft=soft.astype(np.float32), hard=arrays["hard"].astype(np.int32),
                       confidence=arrays["confidence"].astype(np.float32),
                       meta=json.loads(str(arrays["meta"])), path=str(path))
+
+
+def same_source(recorded: str, spec: str) -> bool:
+  """Whether two data specs name the same records: equal, or local `npz:` / `imagefolder:`
+  paths that resolve to the same place (a labels file written with '../data/x.npz' serves a
+  config that names the absolute path)."""
+  if recorded == spec:
+    return True
+  kinds = [s.split(":", 1)[0] for s in (recorded, spec)]
+  if kinds[0] != kinds[1] or kinds[0] not in ("npz", "imagefolder") or "://" in recorded + spec:
+    return False
+  return len({os.path.realpath(s.split(":", 1)[1]) for s in (recorded, spec)}) == 1
 
 
 def select(labels: PseudoLabels, *, min_confidence: float, per_class: int) -> np.ndarray:

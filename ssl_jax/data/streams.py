@@ -415,8 +415,8 @@ def pseudo_labeled_source(config: ml_collections.ConfigDict, spec: StreamSpec,
         f"ssl_jax.label --workdir TEACHER --data {spec.source} --split {spec.split} --out "
         f"labels.npz, then pass --config.{where}.labels_file=labels.npz.")
   labels = pseudo_labels.read(spec.labels_file)
-  recorded = (labels.meta.get("source"), labels.meta.get("split"))
-  if recorded != (spec.source, spec.split):
+  recorded = (labels.meta.get("source", ""), labels.meta.get("split"))
+  if not pseudo_labels.same_source(recorded[0], spec.source) or recorded[1] != spec.split:
     raise sources.DataError(
         f"{spec.labels_file} labels source {recorded[0]!r} split {recorded[1]!r}, but {where} "
         f"reads {spec.source!r} split {spec.split!r}. Label the stream's own records (python -m "

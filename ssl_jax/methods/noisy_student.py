@@ -92,10 +92,12 @@ class NoisyStudent(ssl.SemiSupervisedClassifier):
     del step
     m = self.config.method
     labeled, pseudo = batch[ssl.LABELED], batch[PSEUDO_LABELED]
-    labeled_rng, pseudo_rng, model_rng = jax.random.split(rng, 3)
+    noise_rng, model_rng = jax.random.split(rng)
+    # Both streams' images are noised in one call (one RandAugment program to compile).
+    images = self.noised(noise_rng, jnp.concatenate([labeled["image"], pseudo["image"]]))
+    count = labeled["image"].shape[0]
     (logits_l, logits_u), batch_stats = self.student_logits(
-        params, state, [self.noised(labeled_rng, labeled["image"]),
-                        self.noised(pseudo_rng, pseudo["image"])], rng=model_rng)
+        params, state, [images[:count], images[count:]], rng=model_rng)
     cross_entropy, accuracy = self.labeled_loss(logits_l, labeled["label"])
     unlabeled_loss = ssl.soft_cross_entropy(logits_u, self.targets(pseudo))
     agreement = jnp.mean(jnp.argmax(logits_u, axis=-1) == pseudo["label"])
