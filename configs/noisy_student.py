@@ -3,7 +3,7 @@ r"""Noisy Student (Xie et al. 2020) configs: a noised student on labelled + teac
 A student trains on the labels file a teacher wrote (docs/methods.md, "Noisy Student", has the
 whole teacher -> label -> student -> label ... sequence):
 
-    python -m ssl_jax.train --config configs/supervised.py:smoke --workdir /tmp/teacher
+    python -m ssl_jax.train --config configs/fixmatch.py:smoke --workdir /tmp/teacher
     python -m ssl_jax.label --workdir /tmp/teacher --data digits --out /tmp/labels.npz
     python -m ssl_jax.train --config configs/noisy_student.py:smoke --workdir /tmp/student \
         --config.data.streams.pseudo_labeled.labels_file=/tmp/labels.npz

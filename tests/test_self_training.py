@@ -4,7 +4,10 @@ numpy, a smoke run that learns from a labels file and then teaches)."""
 
 import dataclasses
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -246,12 +249,14 @@ def test_label_ensemble_is_the_mean_of_per_transform_predictions(student, small_
 
 
 def test_rescale_is_a_resolution_change_on_the_same_canvas():
+  rescale = jax.jit(label.rescale, static_argnums=1)
   flat = jnp.full((2, 8, 8, 3), 77, jnp.uint8)
-  np.testing.assert_array_equal(label.rescale(flat, 0.5), flat)  # A flat image stays flat.
+  np.testing.assert_array_equal(rescale(flat, 0.5), flat)  # A flat image stays flat.
   ramp = jnp.asarray(np.broadcast_to(np.arange(0, 256, 32, dtype=np.uint8)[None, None, :, None],
-                                     (1, 8, 8, 3)))
-  assert label.rescale(ramp, 0.5).shape == ramp.shape
-  assert not np.array_equal(label.rescale(ramp, 0.5), ramp)  # 4 px of detail, upsampled.
+                                     (2, 8, 8, 3)))
+  half = rescale(ramp, 0.5)
+  assert half.shape == ramp.shape and half.dtype == jnp.uint8
+  assert not np.array_equal(half, ramp)  # 4 px of detail, upsampled.
 
 
 def test_label_refuses_a_teacher_without_a_classifier_and_unknown_transforms(tmp_path):
@@ -264,3 +269,62 @@ def test_label_refuses_a_teacher_without_a_classifier_and_unknown_transforms(tmp
                         transforms="flip,rotate")
   assert not (tmp_path / "l.npz").exists()
   assert json.loads((tmp_path / "config.json").read_text())["method"]["name"] == "simclr"
+
+
+def test_student_noise_is_stochastic_depth_and_head_dropout_in_training_only(student):
+  # The smoke student's trained WRN-10-1 (drop_path_rate 0.2), and the same model without noise.
+  method, params, state = _teacher(student[0])
+  noisy = method.encoder
+  plain = noisy.clone(drop_path_rate=0.0)
+  assert noisy.drop_path_rate == pytest.approx(0.2)
+  variables = {"params": params["encoder"], "batch_stats": state["batch_stats"]}
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(4, SIZE, SIZE, 3)), jnp.float32)
+
+  @jax.jit
+  def outputs(keys):
+    """Both models at evaluation, and the noisy one in training under each key."""
+    evaluate = [m.apply(variables, images)["pooled"] for m in (plain, noisy)]
+    train = jax.vmap(lambda key: noisy.apply(variables, images, train=True,
+                                             mutable=["batch_stats"],
+                                             rngs={"dropout": key})[0]["pooled"])(keys)
+    return evaluate, train
+
+  (eval_plain, eval_noisy), train = outputs(jax.random.split(jax.random.PRNGKey(0), 4))
+  # Identical at evaluation; in training, draws drop whole residual branches.
+  np.testing.assert_array_equal(eval_noisy, eval_plain)
+  assert len({np.asarray(t).tobytes() for t in train}) > 1
+  # Head dropout: each feature zeroed or scaled by 1 / (1 - 0.5), only in training.
+  head = ssl.ClassifierHead(6, dropout_rate=0.5)
+  kernel = np.random.default_rng(1).normal(size=(6, 6))
+  head_params = {"params": {"head": {"kernel": jnp.asarray(kernel, jnp.float32),
+                                     "bias": jnp.zeros((6,))}}}
+  features = jnp.ones((1, 6))
+  apply = jax.jit(lambda train: head.apply(head_params, features, train=train,
+                                           rngs={"dropout": jax.random.PRNGKey(1)}),
+                  static_argnums=0)
+  np.testing.assert_allclose(apply(False), features @ kernel, rtol=1e-5)
+  scale = np.asarray(apply(True), np.float64) @ np.linalg.inv(kernel)
+  np.testing.assert_allclose(np.minimum(np.abs(scale), np.abs(scale - 2.0)), 0.0, atol=1e-3)
+  assert 0 < np.sum(np.abs(scale) < 1e-3) < 6, scale  # Some dropped, some kept.
+
+
+@pytest.mark.slow
+def test_teacher_label_student_label_chain_through_the_clis(tmp_path):
+  """docs/methods.md's iteration at smoke size, through the real commands."""
+  def run(*args):
+    subprocess.run([sys.executable, "-m", *args], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+
+  run("ssl_jax.train", "--config", "configs/fixmatch.py:smoke", "--workdir",
+      str(tmp_path / "teacher"), "--config.total_steps=20", "--config.export_at_end=False")
+  for generation, teacher in enumerate(("teacher", "student_1")):
+    labels_file = tmp_path / f"labels_{generation}.npz"
+    run("ssl_jax.label", "--workdir", str(tmp_path / teacher), "--data", "digits", "--out",
+        str(labels_file), "--transforms", "flip", "--batch_size", "64")
+    written = pseudo_labels.read(labels_file)
+    assert written.soft.shape == (1497, 10) and written.meta["transforms"] == ["identity", "flip"]
+    run("ssl_jax.train", "--config", "configs/noisy_student.py:smoke", "--workdir",
+        str(tmp_path / f"student_{generation + 1}"), "--config.total_steps=20",
+        "--config.export_at_end=False",
+        f"--config.data.streams.pseudo_labeled.labels_file={labels_file}")
+  assert runs.read_metrics(tmp_path / "student_2")[-1]["eval/top1"] > 0.1

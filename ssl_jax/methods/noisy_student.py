@@ -9,7 +9,7 @@ and on those pseudo-labelled ones with noise on its inputs and in its model:
 
 q_i the teacher's probabilities for x_u,i (soft pseudo-labels, the paper's choice for
 in-domain unlabelled data; `soft_targets=False` uses one-hot argmax q_i), H the cross-entropy
--sum_c q_c log p_c, w = `unlabeled_weight` (1: the official code sums both terms), and f~ the
+-sum_c q_c log p_c, w = `unlabeled_weight` (1: the two terms simply add up), and f~ the
 noised student: RandAugment on both streams' images (2 ops at magnitude 27 of 30 on ImageNet
 = 9 of timm's 10 here), stochastic depth in the backbone (`model.drop_path_rate`, linear decay to
 survival 0.8 at the last block) and dropout 0.5 before the classifier (`head_dropout`). The
