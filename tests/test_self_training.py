@@ -128,6 +128,11 @@ def test_pseudo_labeled_stream_counts_records_after_selection(tmp_path):
   assert len(source) == 10 * 150  # Balanced: 150 records of each digit.
   counts = np.bincount([source[i]["label"] for i in range(len(source))], minlength=10)
   np.testing.assert_array_equal(counts, [150] * 10)
+  # The batch read (in-memory sources) equals stacking the records.
+  rows = [3, 0, 1499, 7]
+  batch = source.get_batch(rows)
+  for key in ("image", "label", "soft"):
+    np.testing.assert_array_equal(batch[key], np.stack([source[i][key] for i in rows]))
   # Without balancing every record reaching the threshold (here all) is read once.
   unbalanced = dataclasses.replace(spec, per_class=0)
   assert len(streams.pseudo_labeled_source(student_config(tmp_path / "labels.npz"), unbalanced,

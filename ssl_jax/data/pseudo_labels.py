@@ -135,6 +135,8 @@ class PseudoLabeledSource:
     self._indices = np.asarray(indices, np.int64)
     self._description = description
     self.num_classes = labels.num_classes
+    if hasattr(source, "get_batch"):  # Batch reads only where the parent has them.
+      self.get_batch = self._get_batch
 
   def __len__(self) -> int:
     return self._indices.shape[0]
@@ -144,6 +146,11 @@ class PseudoLabeledSource:
     return {"image": self._source[record]["image"],
             "label": np.asarray(self._labels.hard[record], np.int32),
             "soft": self._labels.soft[record]}
+
+  def _get_batch(self, indices) -> dict[str, np.ndarray]:
+    records = self._indices[np.asarray(indices, np.int64)]
+    return {"image": self._source.get_batch(records)["image"],
+            "label": self._labels.hard[records], "soft": self._labels.soft[records]}
 
   def __repr__(self) -> str:
     # Grain keeps the repr in the iterator state and checks it on restore.
