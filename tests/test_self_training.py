@@ -314,6 +314,22 @@ def test_student_noise_is_stochastic_depth_and_head_dropout_in_training_only(stu
 
 
 @pytest.mark.slow
+def test_noisy_student_gives_the_same_losses_on_one_and_eight_devices(tmp_path):
+  # Noise included: RandAugment, stochastic depth and dropout draw from the step's key alone.
+  digits_labels(tmp_path / "labels.npz")
+  overrides = {"total_steps": 3, "log_every": 1, "export_at_end": False, "visualize": False,
+               "checkpoint_every": 0, "eval_every": 0, "eval.protocols": ""}
+  for devices, workdir in ((jax.devices()[:1], tmp_path / "one"),
+                           (jax.devices(), tmp_path / "eight")):
+    train.train_and_evaluate(student_config(tmp_path / "labels.npz", **overrides),
+                             str(workdir), devices=devices)
+  one, eight = ([r["train/loss"] for r in runs.read_metrics(w) if "train/loss" in r]
+                for w in (tmp_path / "one", tmp_path / "eight"))
+  assert len(one) == len(eight) == 3
+  np.testing.assert_allclose(eight, one, rtol=2e-4)
+
+
+@pytest.mark.slow
 def test_teacher_label_student_label_chain_through_the_clis(tmp_path):
   """docs/methods.md's iteration at smoke size, through the real commands."""
   def run(*args):
