@@ -8,7 +8,9 @@
 # Rows: supervised on the labels alone, pseudo_label, mean_teacher, fixmatch, paws (soft-NN
 # top-1), simclr (SimCLR v2: pretrain with a 3-layer head, once, then fine-tune from its middle
 # layer on the labels) and distill (that fine-tuned network distilled into the same ViT on the
-# unlabelled split). Test top-1 of each run's classifier and the wall-clock seconds of all the
+# unlabelled split), noisy_student (the fixmatch row's run labels the split with ssl_jax.label,
+# then a noised student of the same ViT trains on labels + pseudo-labels; its seconds include
+# the teacher's). Test top-1 of each run's classifier and the wall-clock seconds of all the
 # row needed go to ROOT/rows.jsonl (one JSON line each, `python -m bench.label_budget row`);
 # the markdown table is printed at the end and written to ROOT/table.md.
 #
@@ -24,7 +26,7 @@ LABELS=("$@")
 if [ ${#LABELS[@]} -eq 0 ]; then
   LABELS=(250 1000)
 fi
-ALL="supervised pseudo_label mean_teacher fixmatch paws simclr distill"
+ALL="supervised pseudo_label mean_teacher fixmatch paws simclr distill noisy_student"
 read -r -a METHODS <<< "${METHODS:-$ALL}"
 STEPS="${STEPS:-200}"
 mkdir -p "$ROOT"
@@ -71,7 +73,26 @@ for labels in "${LABELS[@]}"; do
       pseudo_label|mean_teacher|fixmatch)
         train "$workdir" --config "configs/$method.py:cifar10,cpu" \
           --config.data.train_subset="$subset"
+        echo "$ELAPSED" > "$workdir/wall_s"  # The noisy_student row's teacher.
         record "$workdir" "$method" "$labels" ;;
+      noisy_student)
+        teacher="$ROOT/fixmatch_${labels}"
+        if [ ! -f "$teacher/wall_s" ]; then
+          train "$teacher" --config configs/fixmatch.py:cifar10,cpu \
+            --config.data.train_subset="$subset"
+          echo "$ELAPSED" > "$teacher/wall_s"
+        fi
+        ELAPSED=$(cat "$teacher/wall_s")
+        start=$(date +%s)
+        read_source="from ssl_jax import runs; print(runs.load_config('$teacher').data.source)"
+        source=$("$PY" -c "$read_source")
+        "$PY" -m ssl_jax.label --workdir "$teacher" --data "$source" \
+          --out "$ROOT/labels_${labels}.npz"
+        ELAPSED=$(( ELAPSED + $(date +%s) - start ))
+        train "$workdir" --config configs/noisy_student.py:cifar10,cpu \
+          --config.data.train_subset="$subset" \
+          --config.data.streams.pseudo_labeled.labels_file="$ROOT/labels_${labels}.npz"
+        record "$workdir" "fixmatch -> noisy_student" "$labels" ;;
       paws)
         train "$workdir" --config configs/paws.py:cifar10,cpu --config.data.train_subset="$subset"
         record "$workdir" paws "$labels" eval/softnn_top1 ;;
