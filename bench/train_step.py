@@ -4,15 +4,17 @@ r"""Train-step throughput and MFU for any config.
     python bench/train_step.py --config configs/mae.py:vit_b16,imagenet --batch_size 8 \
         --compare_encode_all   # MAE: visible-only encoder vs encoder on every patch
 
-Prints JSON lines: images/s, step time, model FLOPs per step (XLA's cost analysis of the
-compiled step), achieved FLOP/s and MFU = achieved / peak, where the peak is, on CPU, the FLOP/s
-of a large float32 matmul measured by XLA on the same machine in the same run, and on an
-accelerator the chip's published bf16 peak.
+Prints JSON lines: images/s, step time, compile seconds, model and hardware FLOPs per step
+(counted on the step's jaxpr by ssl_jax/flops.py, the same on every backend: XLA's GPU cost
+analysis misses cuBLAS/cuDNN calls), and `mfu_model` / `mfu_hardware` = achieved / peak, where the
+peak is the chips' published bf16 peak times the device count, and on CPU (or an unknown chip)
+the FLOP/s of a large float32 matmul measured by XLA on the same machine in the same run.
 """
 
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,25 +22,45 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
-from ssl_jax import config_lib, trainer  # noqa: E402
+from ssl_jax import config_lib, flops, trainer  # noqa: E402
 from ssl_jax.data import streams  # noqa: E402
 
 
-def measure(config, *, steps: int) -> dict:
-  setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
+def _random_batch(setup, config):
+  """Random images in the structure the step receives (one batch, or one per data stream)."""
   rng = np.random.default_rng(0)
-  # Random images in the structure the step receives (one batch, or one per data stream).
-  batch = setup.global_batch(jax.tree.map(
+  return setup.global_batch(jax.tree.map(
       lambda s: rng.integers(0, 256, s.shape, dtype=s.dtype) if s.dtype == np.uint8
       else np.zeros(s.shape, s.dtype),
       streams.batch_shapes(config, process_count=jax.process_count())))
+
+
+def step_flops(config) -> flops.StepFlops:
+  """Matmul FLOPs of one train step of `config`, counted on its jaxpr (ssl_jax/flops.py)."""
+  setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
+  state = jax.eval_shape(setup.init_state)
+  return flops.count_flops(setup.step, state, setup.sample_batch())
+
+
+def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> dict:
+  """Step time, images/s, compile seconds and FLOPs of `config`'s jitted train step.
+
+  `model_flops_per_step`: the networks' forward + backward matmuls on the same config with remat
+  off and plain attention (`flops.model_flops_config`), the numerator of `mfu_model`;
+  `hardware_flops_per_step`: every matmul the step as configured runs (remat recomputation,
+  augmentation, losses), the numerator of `mfu_hardware`. Both are None-safe against a missing
+  peak (`mfu_*` then None).
+  """
+  setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
+  batch = _random_batch(setup, config)
   state = setup.init_state()
-  step_fn = setup.step
-  compiled = step_fn.lower(state, batch).compile()
-  flops = common.compiled_flops(compiled)
+  hardware = flops.count_flops(setup.step, state, batch)
+  model = step_flops(flops.model_flops_config(config))
+  start = time.perf_counter()
+  compiled = setup.step.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - start
   state, _ = compiled(state, batch)  # warm-up
   jax.block_until_ready(state)
-  import time
   start = time.perf_counter()
   for _ in range(steps):
     state, metrics = compiled(state, batch)
@@ -47,7 +69,12 @@ def measure(config, *, steps: int) -> dict:
   params = sum(x.size for x in jax.tree.leaves(state["params"]))
   images = sum(x.shape[0] for x in jax.tree.leaves(batch) if x.ndim == 4)
   return {"step_time_s": step_time, "images_per_sec": images / step_time,
-          "model_flops_per_step": flops, "achieved_flops_per_sec": flops / step_time,
+          "compile_s": compile_seconds,
+          "model_flops_per_step": model.networks, "hardware_flops_per_step": hardware.all,
+          "model_flops_per_image": model.networks / images,
+          "achieved_flops_per_sec": model.networks / step_time,
+          "mfu_model": flops.mfu(model.networks, step_time, peak_flops_per_sec),
+          "mfu_hardware": flops.mfu(hardware.all, step_time, peak_flops_per_sec),
           "num_params": int(params)}
 
 
@@ -76,12 +103,12 @@ def main():
     variant = config_lib.from_json(config_lib.to_json(config))
     variant.lock()
     config_lib.apply_overrides(variant, [f"{k}={v}" for k, v in extra.items()])
-    result = measure(variant, steps=args.steps)
+    result = measure(variant, steps=args.steps, peak_flops_per_sec=peak * jax.device_count())
     result.update(bench="train_step", config=args.config, variant=name,
                   batch_size=config.batch_size, model=config.model.name,
                   dtype=config.model.dtype, device=jax.devices()[0].device_kind,
                   num_devices=jax.device_count(), peak_flops_per_sec=peak,
-                  peak_source=peak_source, mfu=result["achieved_flops_per_sec"] / peak)
+                  peak_source=peak_source)
     results[name] = result
     common.emit(result)
   if args.compare_encode_all:
