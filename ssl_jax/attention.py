@@ -36,13 +36,15 @@ _HEAD_COLOURS = np.array([[0.90, 0.10, 0.10], [0.10, 0.60, 0.95], [0.20, 0.80, 0
 def last_block_attention(encoder: nn.Module, encoder_params: Any, images: jax.Array) -> jax.Array:
   """[B, heads, T, T] softmax attention of the encoder's last block (T = 1 + patches).
 
-  The ViT sows every block's weights into 'intermediates'; any grid the position embedding can
-  be resampled to works, as DINO's `interpolate_pos_encoding` allows.
+  The ViT sows every block's weights into 'intermediates' with its 'plain' attention (the fused
+  ones never form them; same params); any grid the position embedding can be resampled to works,
+  as DINO's `interpolate_pos_encoding` allows.
   """
   if not isinstance(encoder, vit.VisionTransformer):
     raise ValueError(f"Attention maps need a ViT backbone (model.name='vit_...'); got "
                      f"{type(encoder).__name__}.")
   chex.assert_rank(images, 4)
+  encoder = encoder.clone(attention_impl="plain")
   _, variables = encoder.apply({"params": encoder_params}, images, train=False,
                                mutable=["intermediates"])
   return variables["intermediates"][f"blocks_{encoder.depth - 1}"]["attn"]["attention"][0]

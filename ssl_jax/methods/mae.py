@@ -37,6 +37,10 @@ class MAEDecoder(nn.Module):
   num_heads: int = 16
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  # The encoder's speed levers (registry.vit_speed_options), applied to the decoder blocks too.
+  attention_impl: str = "plain"
+  remat: str = "none"
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, encoded: jax.Array, ids_restore: jax.Array | None, *,
@@ -57,10 +61,11 @@ class MAEDecoder(nn.Module):
     pos = np.reshape(vit.sincos_pos_embed_2d(self.hidden_size, grid, True),
                      (1, self.num_patches + 1, self.hidden_size))
     x = x + jnp.asarray(pos, x.dtype)
-    for i in range(self.depth):
-      x = vit.Block(hidden_size=self.hidden_size, num_heads=self.num_heads,
-                    mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-                    name=f"decoder_blocks_{i}")(x, train=train)
+    x = vit.run_blocks(self, x, train=train, depth=self.depth, drop_path_rates=[0.0] * self.depth,
+                       name_prefix="decoder_blocks_", remat=self.remat, scan=self.scan_blocks,
+                       hidden_size=self.hidden_size, num_heads=self.num_heads,
+                       mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+                       attention_impl=self.attention_impl)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="decoder_norm")(x)
     x = nn.Dense(self.patch_dim, dtype=self.dtype, name="decoder_pred",
                  kernel_init=nn.initializers.xavier_uniform())(x)
@@ -127,7 +132,8 @@ class MAE(base.Method):
         encoder=registry.build_encoder(self.config.model),
         decoder=MAEDecoder(num_patches=self.num_patches, patch_dim=self.patch_size**2 * 3,
                            hidden_size=m.decoder_dim, depth=m.decoder_depth,
-                           num_heads=m.decoder_heads, dtype=dtype),
+                           num_heads=m.decoder_heads, dtype=dtype,
+                           **registry.vit_speed_options(self.config.model)),
         encode_all_patches=m.encode_all_patches)
 
   def _views(self, rng, batch):

@@ -65,12 +65,28 @@ def _dtype(model_config) -> Any:
   return DTYPES[name]
 
 
+def vit_speed_options(model_config) -> dict[str, Any]:
+  """The ViT speed levers of `model_config` (same params and math, other speed): attention_impl
+  ('plain'), remat ('none'), scan_blocks (False), as `VisionTransformer` / `vit.run_blocks`
+  keyword arguments; validated here so a typo fails before any step."""
+  attention_impl = model_config.get("attention_impl", "plain")
+  if attention_impl not in vit.ATTENTION_IMPLS:
+    raise ValueError(f"model.attention_impl must be one of {vit.ATTENTION_IMPLS}, got "
+                     f"{attention_impl!r}.")
+  remat = model_config.get("remat", "none")
+  if remat not in vit.REMAT_CHOICES:
+    raise ValueError(f"model.remat must be one of {vit.REMAT_CHOICES}, got {remat!r}.")
+  return dict(attention_impl=attention_impl, remat=remat,
+              scan_blocks=bool(model_config.get("scan_blocks", False)))
+
+
 def build_encoder(model_config) -> nn.Module:
   """Builds the backbone named by `model_config.name`; params are always float32.
 
   Keys read (others ignored, missing ones take the default): name; dtype ('float32');
   ViT: pool ('cls'), class_token (True), pos_embed ('learn'), drop_path_rate (0.0), hidden_size /
-  depth / num_heads (0: the variant's own); ResNet: stem ('imagenet'); Wide ResNet:
+  depth / num_heads (0: the variant's own), attention_impl / remat / scan_blocks
+  (`vit_speed_options`); ResNet: stem ('imagenet'); Wide ResNet:
   batch_norm_momentum (0.999, FixMatch's; short runs need less, or the running statistics stay
   at their init), drop_path_rate (0.0).
   """
@@ -124,7 +140,8 @@ def build_encoder(model_config) -> nn.Module:
     raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path_rate}.")
   return vit.VisionTransformer(
       patch_size=patch_size, pos_embed=pos_embed, pool=pool, class_token=class_token,
-      drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=jnp.float32, **variant)
+      drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=jnp.float32, **variant,
+      **vit_speed_options(model_config))
 
 
 def feature_dim(model_config) -> int:

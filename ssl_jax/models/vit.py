@@ -141,13 +141,14 @@ class DropPath(nn.Module):
   """Stochastic depth (Huang et al., 2016) as timm's `DropPath`.
 
   Zeroes the whole residual branch of a sample with probability `rate` and rescales survivors by
-  1 / (1 - rate), so the expected output is unchanged; identity unless `train`.
+  1 / (1 - rate), so the expected output is unchanged; identity unless `train`. `rate` may be a
+  traced scalar (a block of a scanned stack, whose rate is scanned over with its params).
   """
-  rate: float
+  rate: float | jax.Array
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if not train or self.rate == 0.0:
+    if not train or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep_prob = 1.0 - self.rate
     mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -171,17 +172,38 @@ class MlpBlock(nn.Module):
     return dense(x.shape[-1], "fc2")(y)
 
 
+ATTENTION_IMPLS = ("plain", "xla", "cudnn")
+REMAT_POLICIES = {
+    # Every activation of a block is recomputed in the backward pass (jax.checkpoint's default).
+    "full": None,
+    # Matmul outputs are kept, the elementwise work between them is recomputed.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # As dots_saveable, but batched matmuls (attention's q k^T and weights @ v) are recomputed.
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_CHOICES = ("none",) + tuple(REMAT_POLICIES)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection, as timm's `Attention`.
 
   softmax(q k^T / sqrt(d_head)) v per head (Vaswani et al., 2017, eq. 1). The qkv output is laid
   out as (3, heads, head_dim), matching timm's `reshape(B, N, 3, H, hd)`, so its kernel transfers
-  as-is. Logits and softmax run in float32; the weights [B, heads, T, T] are sown into
-  'intermediates'/'attention' for attention-map visualisation (DINO Fig. 1).
+  as-is.
+
+  `attention_impl`:
+    'plain': einsums here, logits and softmax in float32; the weights [B, heads, T, T] are sown
+      into 'intermediates'/'attention' for attention-map visualisation (DINO Fig. 1);
+    'xla' / 'cudnn': `jax.nn.dot_product_attention` with that implementation ('cudnn': the fused
+      flash-attention kernel of cuDNN on NVIDIA GPUs, bf16/fp16 only; 'xla': the same math as
+      'plain' for XLA to fuse, any backend). The weights are never materialised, so nothing is
+      sown: `ssl_jax.attention` renders maps with a 'plain' clone of the encoder.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: str = "plain"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -193,14 +215,24 @@ class Attention(nn.Module):
                    kernel_init=_dense_init, bias_init=nn.initializers.zeros, name="qkv")(x)
     qkv = qkv.reshape(batch, num_tokens, 3, self.num_heads, head_dim)
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got "
+                       f"{self.attention_impl!r}.")
+    if self.attention_impl == "plain":
+      out = self._plain(query, key, value, head_dim)
+    else:
+      out = jax.nn.dot_product_attention(query, key, value, scale=head_dim ** -0.5,
+                                         implementation=self.attention_impl)
+    out = out.reshape(batch, num_tokens, width)
+    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=_dense_init, bias_init=nn.initializers.zeros, name="proj")(out)
+
+  def _plain(self, query, key, value, head_dim):
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
                         preferred_element_type=jnp.float32) * head_dim ** -0.5
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     self.sow("intermediates", "attention", weights)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
-    out = out.reshape(batch, num_tokens, width)
-    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=_dense_init, bias_init=nn.initializers.zeros, name="proj")(out)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
 
 
 class Block(nn.Module):
@@ -208,12 +240,14 @@ class Block(nn.Module):
   hidden_size: int
   num_heads: int
   mlp_ratio: float = 4.0
-  drop_path_rate: float = 0.0
+  drop_path_rate: float | jax.Array = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: str = "plain"
 
+  # `train` may be given by position: `nn.remat` needs it there to hold it static.
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     chex.assert_rank(x, 3)
     if x.shape[-1] != self.hidden_size:
       raise ValueError(f"Block of width {self.hidden_size} got tokens of width {x.shape[-1]}.")
@@ -221,11 +255,65 @@ class Block(nn.Module):
                                      param_dtype=self.param_dtype, name=name)
     drop_path = DropPath(self.drop_path_rate)
     y = Attention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="attn")(norm("norm1")(x))
+                  attention_impl=self.attention_impl, name="attn")(norm("norm1")(x))
     x = x + drop_path(y, train=train)
     y = MlpBlock(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype,
                  param_dtype=self.param_dtype, name="mlp")(norm("norm2")(x))
     return x + drop_path(y, train=train)
+
+
+def run_blocks(parent: nn.Module, x: jax.Array, *, train: bool, depth: int,
+               drop_path_rates: Sequence[float], name_prefix: str = "blocks_",
+               remat: str = "none", scan: bool = False, **block_kwargs) -> jax.Array:
+  """`depth` Blocks named `{name_prefix}{i}`, called from `parent`'s compact method.
+
+  The two speed levers leave the params (names, shapes, values) and the math unchanged:
+    remat: a `jax.checkpoint` policy per block (`REMAT_CHOICES`): activations inside a block are
+      recomputed in the backward pass instead of stored (memory for FLOPs; flax `nn.remat`);
+    scan: the blocks run as one `lax.scan` over their params stacked at call time, so XLA
+      compiles one block instead of `depth` (compile time; MaxText/praxis scan their layers for
+      the same reason). The params stay `{name_prefix}{i}`, so checkpoints, exports, timm interop
+      and layer-wise lr decay see the same tree. Stochastic depth in a scan draws its masks from
+      keys split per block (same distribution, other masks than the loop).
+  Both fall back to the plain loop where they cannot apply: at init (the params are created by
+  the loop), and when 'intermediates' are collected (per-block captures and attention maps need
+  the blocks as modules).
+  """
+  if remat not in REMAT_CHOICES:
+    raise ValueError(f"remat must be one of {REMAT_CHOICES}, got {remat!r}.")
+  capturing = parent.is_mutable_collection("intermediates")
+  if scan and not capturing and not parent.is_initializing():
+    return _scan_blocks(parent, x, train=train, depth=depth, drop_path_rates=drop_path_rates,
+                        name_prefix=name_prefix, remat=remat, block_kwargs=block_kwargs)
+  block_cls = Block
+  if remat != "none" and not capturing:
+    # static_argnums counts the module as 0: `train` (argument 2) selects Python branches.
+    block_cls = nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(2,))
+  for index in range(depth):
+    x = block_cls(drop_path_rate=float(drop_path_rates[index]), name=f"{name_prefix}{index}",
+                  **block_kwargs)(x, train)
+  return x
+
+
+def _scan_blocks(parent, x, *, train, depth, drop_path_rates, name_prefix, remat, block_kwargs):
+  params = parent.variables["params"]
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                         *[params[f"{name_prefix}{index}"] for index in range(depth)])
+  drop = train and any(float(rate) > 0.0 for rate in drop_path_rates)
+  rates = jnp.asarray(drop_path_rates, jnp.float32)
+  keys = (jax.random.split(parent.make_rng("dropout"), depth) if drop
+          else jnp.zeros((depth,), jnp.int32))  # Unused placeholder: scan needs an array.
+
+  def body(tokens, layer):
+    block_params, rate, key = layer
+    block = Block(drop_path_rate=rate if drop else 0.0, parent=None, **block_kwargs)
+    rngs = {"dropout": key} if drop else {}
+    return block.apply({"params": block_params}, tokens, train, rngs=rngs), None
+
+  if remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+  x, _ = jax.lax.scan(body, x, (stacked, rates, keys))
+  return x
 
 
 class VisionTransformer(nn.Module):
@@ -251,6 +339,9 @@ class VisionTransformer(nn.Module):
       embedding has no CLS slot and 'pooled' is fc_norm(mean of the patch tokens).
     drop_path_rate: stochastic-depth rate of the last block, linear from 0 over depth (timm).
     dtype: computation dtype; params are kept in `param_dtype`.
+    attention_impl: 'plain' | 'xla' | 'cudnn' (`Attention`).
+    remat: 'none' or a `REMAT_POLICIES` name, per block (`run_blocks`).
+    scan_blocks: run the blocks as one `lax.scan` (`run_blocks`); same params, same outputs.
   """
   patch_size: int
   hidden_size: int
@@ -263,6 +354,9 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: str = "plain"
+  remat: str = "none"
+  scan_blocks: bool = False
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -363,11 +457,11 @@ class VisionTransformer(nn.Module):
                           axis=1)
 
     # timm's stochastic-depth decay rule: rate grows linearly with depth.
-    drop_path_rates = np.linspace(0.0, self.drop_path_rate, self.depth)
-    for index in range(self.depth):
-      x = Block(self.hidden_size, self.num_heads, self.mlp_ratio,
-                float(drop_path_rates[index]), dtype=self.dtype, param_dtype=self.param_dtype,
-                name=f"blocks_{index}")(x, train=train)
+    x = run_blocks(self, x, train=train, depth=self.depth,
+                   drop_path_rates=np.linspace(0.0, self.drop_path_rate, self.depth),
+                   remat=self.remat, scan=self.scan_blocks, hidden_size=self.hidden_size,
+                   num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+                   param_dtype=self.param_dtype, attention_impl=self.attention_impl)
     norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
                                      param_dtype=self.param_dtype, name=name)
     if not self.class_token:

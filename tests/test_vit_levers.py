@@ -1,0 +1,118 @@
+"""ViT speed levers (model.attention_impl, model.remat, model.scan_blocks): same params, same
+outputs and gradients as the plain path on CPU; attention maps, timm export and the MAE loss
+unchanged; bad values rejected with the valid ones."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ssl_jax import attention, config_lib
+from ssl_jax.interop import timm as timm_interop
+from ssl_jax.methods import build_method
+from ssl_jax.models import registry, vit
+
+TINY = dict(patch_size=4, hidden_size=32, depth=2, num_heads=4)
+LEVERS = {  # remat="full" is in the stochastic-depth test and the MAE test below.
+    "xla_attention": dict(attention_impl="xla"),
+    "remat_dots": dict(remat="dots_saveable"),
+    "scan": dict(scan_blocks=True),
+    "scan_remat_xla": dict(scan_blocks=True, remat="dots_with_no_batch_dims_saveable",
+                           attention_impl="xla"),
+}
+# XLA reassociates float32 sums differently in a fused attention or a scanned body.
+TOLERANCE = dict(rtol=2e-5, atol=2e-5)
+
+
+def _loss_and_grads(model, params, images):
+  # A fixed random projection of every token: gradients of order 1 everywhere (a loss such as
+  # sum(tokens**2) is nearly constant after the final LayerNorm, its gradients mostly rounding).
+  weights = jax.random.normal(jax.random.PRNGKey(2), (17, TINY["hidden_size"]))
+  loss = lambda p: jnp.sum(model.apply({"params": p}, images)["tokens"] * weights)
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.fixture(scope="module")
+def plain():
+  model = vit.VisionTransformer(**TINY)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(1), images)["params"]
+  return images, params, _loss_and_grads(model, params, images)
+
+
+@pytest.mark.parametrize("lever", sorted(LEVERS))
+def test_lever_keeps_params_outputs_and_gradients(plain, lever):
+  images, params, (loss, grads) = plain
+  model = vit.VisionTransformer(**TINY, **LEVERS[lever])
+  own = jax.eval_shape(model.init, jax.random.PRNGKey(1), images)["params"]
+  assert jax.tree.map(lambda x: x.shape, own) == jax.tree.map(lambda x: x.shape, params)
+  lever_loss, lever_grads = _loss_and_grads(model, params, images)
+  np.testing.assert_allclose(lever_loss, loss, **TOLERANCE)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), lever_grads, grads)
+
+
+def test_remat_keeps_stochastic_depth_masks_and_scan_draws_them(plain):
+  images, params, _ = plain
+  run = lambda model, seed: model.apply({"params": params}, images, train=True,
+                                        rngs={"dropout": jax.random.PRNGKey(seed)})["tokens"]
+  loop = vit.VisionTransformer(**TINY, drop_path_rate=0.5)
+  rematted = vit.VisionTransformer(**TINY, drop_path_rate=0.5, remat="full")
+  np.testing.assert_array_equal(run(rematted, 3), run(loop, 3))
+  scanned = vit.VisionTransformer(**TINY, drop_path_rate=0.5, scan_blocks=True)
+  evaluated = scanned.apply({"params": params}, images)["tokens"]
+  # Masks do drop branches (differ from eval and between keys), and eval equals the loop's.
+  assert not np.allclose(run(scanned, 3), evaluated)
+  assert not np.allclose(run(scanned, 3), run(scanned, 4))
+  np.testing.assert_allclose(evaluated, loop.apply({"params": params}, images)["tokens"],
+                             **TOLERANCE)
+
+
+def test_attention_maps_of_a_fused_attention_scanned_encoder(plain):
+  images, params, _ = plain
+  fused = vit.VisionTransformer(**TINY, attention_impl="xla", scan_blocks=True)
+  np.testing.assert_allclose(
+      attention.cls_attention(fused, params, images),
+      attention.cls_attention(vit.VisionTransformer(**TINY), params, images), rtol=1e-6)
+
+
+def test_timm_export_of_a_scanned_encoder_has_the_plain_keys():
+  model = dict(name="vit_ti4", hidden_size=32, depth=2, num_heads=2)
+  dicts = []
+  for extra in ({}, dict(scan_blocks=True, remat="full", attention_impl="xla")):
+    encoder = registry.build_encoder(ml_collections.ConfigDict({**model, **extra}))
+    variables = jax.eval_shape(encoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    variables = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), variables)
+    dicts.append(timm_interop.to_state_dict(encoder, variables, image_size=16))
+  shapes = [{key: value.shape for key, value in d.items()} for d in dicts]
+  assert shapes[0] == shapes[1] and shapes[1]["blocks.1.attn.qkv.weight"] == (96, 32)
+
+
+@pytest.mark.slow
+def test_mae_loss_with_every_lever_equals_the_plain_loss():
+  config = config_lib.load_config("configs/mae.py:smoke")
+  config.batch_size = 4
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8),
+           "label": np.zeros((4,), np.int32)}
+  results = []
+  for levers in ({}, dict(attention_impl="xla", remat="full", scan_blocks=True)):
+    config.model.update(levers)
+    method = build_method(config)
+    params, state = method.init(jax.random.PRNGKey(0), batch)
+    loss_fn = lambda p: method.loss(p, state, batch, jax.random.PRNGKey(1), jnp.int32(0))[0]
+    results.append((params, jax.value_and_grad(loss_fn)(params)))
+  (params, (loss, grads)), (lever_params, (lever_loss, lever_grads)) = results
+  jax.tree.map(np.testing.assert_array_equal, lever_params, params)
+  np.testing.assert_allclose(lever_loss, loss, **TOLERANCE)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               lever_grads, grads)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("model.remat", "dots", "model.remat"), ("model.attention_impl", "flash", "attention_impl")])
+def test_bad_lever_values_name_the_valid_ones(key, value, match):
+  config = config_lib.load_config("configs/mae.py:smoke")
+  config.lock()
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.apply_overrides(config, [f"{key}={value}"])
+    config_lib.validate(config)
