@@ -1,0 +1,90 @@
+"""bench/accelerator_suite.{py,sh}: missing requirements listed up front, jobs isolated (a missing
+module is a 'skipped' line, not a traceback; timeouts and the budget bound every job), and the
+--smoke suite runs every stage (slow: one process per measurement)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from bench import accelerator_suite as suite
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _records(text: str) -> list[dict]:
+  return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_requirements_stage_alone_lists_missing_modules_and_a_summary():
+  done = subprocess.run([sys.executable, "bench/accelerator_suite.py", "--smoke", "--stages",
+                         "requirements"], cwd=REPO, capture_output=True, text=True, check=True)
+  records = _records(done.stdout)
+  assert [r["stage"] for r in records] == ["requirements", "summary"]
+  assert records[0]["missing"] == records[1]["missing_requirements"] == []  # This venv has all.
+  assert records[0]["installed"]["jax"]
+
+
+def test_missing_requirements_names_the_absent_ones(tmp_path, monkeypatch):
+  (tmp_path / "requirements.txt").write_text(
+      "# comment\njax==0.0.1\nml-collections==1.0\nsurely-absent-package==1.0\n"
+      "orbax-absentmodule==2\n")
+  monkeypatch.setattr(suite, "REPO", tmp_path)
+  missing, installed = suite.missing_requirements()
+  assert missing == ["surely-absent-package", "orbax-absentmodule"]
+  assert set(installed) == {"jax", "ml-collections"}
+
+
+def _job(code: str) -> list[str]:
+  return ["-c", code]
+
+
+def test_runner_tags_lines_and_turns_failures_into_one_line(tmp_path, capsys):
+  runner = suite.Runner(budget_s=0, log_dir=tmp_path, smoke=True)
+  records = runner.run("step", "ok", _job('print("noise"); print(\'{"x": 1}\')'), timeout_s=30)
+  assert records == [{"x": 1, "suite": "accelerator", "stage": "step", "job": "ok"}]
+  assert runner.run("step", "absent", _job("import surely_absent_module"), 30) == []
+  runner.run("step", "crash", _job("raise RuntimeError('device lost')"), timeout_s=30)
+  runner.run("step", "hang", _job("import time; time.sleep(30)"), timeout_s=1)
+  lines = _records(capsys.readouterr().out)
+  assert lines[1]["skipped"] == "needs module surely_absent_module (not installed)"
+  assert lines[2]["error"] == "RuntimeError: device lost"
+  assert (tmp_path / "step.crash.log").read_text().startswith("Traceback")
+  assert lines[3]["error"].startswith("timed out after 1 s")
+
+
+def test_spent_budget_skips_jobs_without_running_them(tmp_path, capsys):
+  runner = suite.Runner(budget_s=5, log_dir=tmp_path, smoke=True)  # < 20 s left: no job fits.
+  assert runner.run("pmae", "pmae_vs_mae", _job("raise SystemExit(1)"), 30) == []
+  assert _records(capsys.readouterr().out)[0]["skipped"].startswith("suite budget spent")
+
+
+def test_loop_rate_is_the_median_after_the_compile_window(tmp_path):
+  rates = [5.0, 100.0, 90.0, 110.0]  # The first window holds the compile.
+  (tmp_path / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": i, "train/images_per_sec": r}) + "\n" for i, r in enumerate(rates))
+      + json.dumps({"step": 9, "eval/knn_top1": 0.5}) + "\n")
+  assert suite._loop_images_per_sec(tmp_path) == 100.0
+  assert suite._loop_images_per_sec(tmp_path / "absent") is None
+
+
+def test_unknown_stage_is_a_one_line_error():
+  with pytest.raises(SystemExit, match="unknown stage.*'stepp'.*stages: requirements"):
+    suite.main(["--smoke", "--stages", "stepp"])
+
+
+@pytest.mark.slow
+def test_smoke_suite_runs_every_stage(tmp_path):
+  done = subprocess.run(["bash", "bench/accelerator_suite.sh", "--smoke", "--log_dir",
+                         str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=True,
+                        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+  records = _records(done.stdout)
+  assert not [r for r in records if "error" in r or "skipped" in r], done.stdout
+  assert {r["stage"] for r in records} == set(suite.STAGES) | {"summary"}
+  summary = records[-1]
+  for key in ("loader_images_per_sec", "mae_smoke/mfu_model", "mae_smoke/compile_s",
+              "mae_visible_only_speedup", "simclr_smoke/loop_to_step_ratio",
+              "pmae_dcgan_ratio", "pmae_msg_ratio", "lever_scan_blocks/step_time_s"):
+    assert summary[key] is not None and summary[key] > 0, key
