@@ -75,6 +75,7 @@ class Sizes:
   loader_source: str
   loader_image_size: int
   loader_batch_size: int
+  loader_extra: tuple[str, ...]  # more bench/input_pipeline.py flags
   job_timeout_s: float
 
 
@@ -99,7 +100,7 @@ def full_sizes() -> Sizes:
       steps=10, loop_steps=150, loop_log_every=50,
       pmae_preset="vit_b16,imagenet", pmae_batch_size=64,
       lever_config="configs/mae.py:vit_b16,imagenet", lever_batch_size=256,
-      loader_source=cifar, loader_image_size=32, loader_batch_size=256,
+      loader_source=cifar, loader_image_size=32, loader_batch_size=256, loader_extra=(),
       job_timeout_s=240)
 
 
@@ -113,7 +114,7 @@ def smoke_sizes() -> Sizes:
       pmae_preset="smoke", pmae_batch_size=4,
       lever_config="configs/mae.py:smoke", lever_batch_size=8,
       loader_source="digits", loader_image_size=32, loader_batch_size=64,
-      job_timeout_s=300)
+      loader_extra=("--batches", "3", "--warmup", "1"), job_timeout_s=300)
 
 
 # Each lever of docs/performance.md as config overrides (the baseline is the `step` stage's).
@@ -239,8 +240,8 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool) -> d
   if "loader" in stages:
     for record in runner.run("loader", "input_pipeline", [
         "bench/input_pipeline.py", "--source", sizes.loader_source, "--image_size",
-        str(sizes.loader_image_size), "--batch_size", str(sizes.loader_batch_size)],
-        sizes.job_timeout_s):
+        str(sizes.loader_image_size), "--batch_size", str(sizes.loader_batch_size),
+        *sizes.loader_extra], sizes.job_timeout_s):
       if "loader_images_per_sec" in record:
         summary["loader_images_per_sec"] = record["loader_images_per_sec"]
 

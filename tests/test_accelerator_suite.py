@@ -1,6 +1,7 @@
 """bench/accelerator_suite.{py,sh}: missing requirements listed up front, jobs isolated (a missing
 module is a 'skipped' line, not a traceback; timeouts and the budget bound every job), and the
---smoke suite runs every stage (slow: one process per measurement)."""
+--smoke suite runs every stage (slow: one process per measurement); bench/cifar10_accelerator.sh
+--smoke trains, evaluates the baselines and writes the table (slow)."""
 
 import json
 import pathlib
@@ -88,3 +89,16 @@ def test_smoke_suite_runs_every_stage(tmp_path):
               "mae_visible_only_speedup", "simclr_smoke/loop_to_step_ratio",
               "pmae_dcgan_ratio", "pmae_msg_ratio", "lever_scan_blocks/step_time_s"):
     assert summary[key] is not None and summary[key] > 0, key
+
+
+@pytest.mark.slow
+def test_cifar10_accelerator_smoke_writes_the_table(tmp_path):
+  subprocess.run(["bash", "bench/cifar10_accelerator.sh", "--smoke", str(tmp_path), "simclr"],
+                 cwd=REPO, capture_output=True, text=True, check=True,
+                 env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin",
+                      "TF_CPP_MIN_LOG_LEVEL": "3"})
+  table = (tmp_path / "table.md").read_text().splitlines()
+  rows = [line.split("|")[2].strip() for line in table[2:]]
+  assert rows == ["simclr", "random init", "raw pixels"], table
+  assert json.loads((tmp_path / "wall_times.jsonl").read_text())["method"] == "simclr"
+  assert {p.name for p in (tmp_path / "simclr" / "eval").iterdir()} >= {"random.json", "raw.json"}
