@@ -35,18 +35,11 @@ def _random_batch(setup, config):
       streams.batch_shapes(config, process_count=jax.process_count())))
 
 
-def step_flops(config) -> flops.StepFlops:
-  """Matmul FLOPs of one train step of `config`, counted on its jaxpr (ssl_jax/flops.py)."""
-  setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
-  state = jax.eval_shape(setup.init_state)
-  return flops.count_flops(setup.step, state, setup.sample_batch())
-
-
 def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> dict:
   """Step time, images/s, compile seconds and FLOPs of `config`'s jitted train step.
 
   `model_flops_per_step`: the networks' forward + backward matmuls on the same config with remat
-  off and plain attention (`flops.model_flops_config`), the numerator of `mfu_model`;
+  off and plain attention (`trainer.model_flops_per_step`), the numerator of `mfu_model`;
   `hardware_flops_per_step`: every matmul the step as configured runs (remat recomputation,
   augmentation, losses), the numerator of `mfu_hardware`. Both are None-safe against a missing
   peak (`mfu_*` then None).
@@ -55,7 +48,7 @@ def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> d
   batch = _random_batch(setup, config)
   state = setup.init_state()
   hardware = flops.count_flops(setup.step, state, batch)
-  model = step_flops(flops.model_flops_config(config))
+  model_flops = trainer.model_flops_per_step(config, total_steps=1000, steps_per_epoch=100)
   start = time.perf_counter()
   compiled = setup.step.lower(state, batch).compile()
   compile_seconds = time.perf_counter() - start
@@ -70,10 +63,10 @@ def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> d
   images = sum(x.shape[0] for x in jax.tree.leaves(batch) if x.ndim == 4)
   return {"step_time_s": step_time, "images_per_sec": images / step_time,
           "compile_s": compile_seconds,
-          "model_flops_per_step": model.networks, "hardware_flops_per_step": hardware.all,
-          "model_flops_per_image": model.networks / images,
-          "achieved_flops_per_sec": model.networks / step_time,
-          "mfu_model": flops.mfu(model.networks, step_time, peak_flops_per_sec),
+          "model_flops_per_step": model_flops, "hardware_flops_per_step": hardware.all,
+          "model_flops_per_image": model_flops / images,
+          "achieved_flops_per_sec": model_flops / step_time,
+          "mfu_model": flops.mfu(model_flops, step_time, peak_flops_per_sec),
           "mfu_hardware": flops.mfu(hardware.all, step_time, peak_flops_per_sec),
           "num_params": int(params)}
 

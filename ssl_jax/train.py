@@ -36,8 +36,8 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import (catalog, collapse, config_lib, distributed, errors, metrics_io, profiler,
-                     progress, summary, trainer, viz, wandb_writer)
+from ssl_jax import (catalog, collapse, config_lib, distributed, errors, flops, metrics_io,
+                     profiler, progress, summary, trainer, viz, wandb_writer)
 from ssl_jax import steps as steps_lib
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import prefetch, streams
@@ -128,6 +128,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   setup = trainer.build(config, devices=devices, total_steps=total_steps,
                         steps_per_epoch=steps_per_epoch, num_classes=data.num_classes)
   mesh, method, schedule, train_step = setup.mesh, setup.method, setup.schedule, setup.step
+  # MFU meter, where the chip's bf16 peak is known (accelerators; CPU runs skip the count).
+  peak_flops = flops.bf16_peak_flops(mesh.devices.flat[0].device_kind)
+  model_flops = trainer.model_flops_per_step(
+      config, total_steps=total_steps, steps_per_epoch=steps_per_epoch, devices=devices,
+      num_classes=data.num_classes) if peak_flops else None
   data_iter = prefetch.DevicePrefetcher(data.iterator, mesh, config.data.prefetch)
   protocols = runner.parse_protocols(config.eval.protocols)
   evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
@@ -201,6 +206,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         scalars["train/lr"] = float(schedule(step - 1))
         scalars["train/steps_per_sec"] = steps_per_sec
         scalars["train/images_per_sec"] = steps_per_sec * data.images_per_step
+        if model_flops:
+          scalars["train/mfu_model"] = steps_per_sec * model_flops / (peak_flops * mesh.size)
         scalars["train/epoch"] = step / steps_per_epoch
         eta = (total_steps - step) / max(steps_per_sec, 1e-9)
         losses_since_log = []

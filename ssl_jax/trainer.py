@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from ssl_jax import config_lib, optim, parallel
+from ssl_jax import config_lib, flops, optim, parallel
 from ssl_jax.data import streams
 from ssl_jax.methods import base, build_method, online_probe
 
@@ -160,3 +160,15 @@ def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoc
   return TrainSetup(config=config, mesh=mesh, method=method, schedule=schedule, tx=tx,
                     abstract_state=abstract_state, shardings=shardings, init_rng=init_rng,
                     step_rng=step_rng, step=step, _init_fn=init_fn)
+
+
+def model_flops_per_step(config: ml_collections.ConfigDict, *, total_steps: int,
+                         steps_per_epoch: int, devices: Sequence[jax.Device] | None = None,
+                         num_classes: int | None = None) -> float:
+  """The networks' forward + backward matmul FLOPs of one step of `config`: `mfu_model`'s
+  numerator (ssl_jax/flops.py), counted from shapes alone on the step of the same config with
+  remat off and plain attention (`flops.model_flops_config`). Tracing only: no compile."""
+  setup = build(flops.model_flops_config(config), total_steps=total_steps,
+                steps_per_epoch=steps_per_epoch, devices=devices, num_classes=num_classes)
+  return flops.count_flops(setup.step, setup.abstract_state,
+                           streams.batch_shapes(setup.config)).networks

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import flops
+from ssl_jax import config_lib, flops, runs, train, trainer
 
 
 class _ConvMlp(nn.Module):
@@ -102,3 +102,34 @@ def test_bf16_peaks_and_mfu():
   assert flops.bf16_peak_flops("cpu") is None
   np.testing.assert_allclose(flops.mfu(989e12 * 0.5, 1.0, 989e12), 0.5)
   assert flops.mfu(1e9, 1.0, None) is None
+
+
+def _mae_smoke(**overrides):
+  config = config_lib.load_config("configs/mae.py:smoke")
+  config.lock()
+  config_lib.apply_overrides(config, [f"{k}={v}" for k, v in overrides.items()])
+  return config
+
+
+def test_model_flops_of_a_step_do_not_depend_on_the_levers():
+  count = lambda config: trainer.model_flops_per_step(config, total_steps=10, steps_per_epoch=5)
+  plain = count(_mae_smoke(batch_size=8))
+  levers = {"model.remat": "full", "model.scan_blocks": "True", "model.attention_impl": "xla"}
+  assert count(_mae_smoke(batch_size=8, **levers)) == plain > 0
+
+
+@pytest.mark.slow  # A whole (tiny) run: ~15 s of CPU.
+def test_train_loop_logs_mfu_model_where_the_peak_is_known(tmp_path, monkeypatch):
+  # CPU has no published peak; give it one so the accelerator-only meter runs here.
+  monkeypatch.setattr(flops, "bf16_peak_flops", lambda device_kind: 1e12)
+  config = _mae_smoke(batch_size=8, total_steps=4, log_every=2, checkpoint_every=4,
+                      eval_every=0, export_at_end=False, visualize=False)
+  config_lib.apply_overrides(config, ["eval.protocols="])
+  train.train_and_evaluate(config, str(tmp_path))
+  logged = [r for r in runs.read_metrics(tmp_path) if "train/mfu_model" in r]
+  model_flops = trainer.model_flops_per_step(config, total_steps=4, steps_per_epoch=1)
+  assert [r["step"] for r in logged] == [2, 4]
+  for record in logged:
+    np.testing.assert_allclose(
+        record["train/mfu_model"],
+        record["train/steps_per_sec"] * model_flops / (1e12 * jax.device_count()), rtol=1e-6)

@@ -14,12 +14,12 @@ from ssl_jax.methods import build_method
 from ssl_jax.models import registry, vit
 
 TINY = dict(patch_size=4, hidden_size=32, depth=2, num_heads=4)
-LEVERS = {  # remat="full" is in the stochastic-depth test and the MAE test below.
+LEVERS = {  # remat="full": the stochastic-depth test and the MAE test below.
     "xla_attention": dict(attention_impl="xla"),
-    "remat_dots": dict(remat="dots_saveable"),
     "scan": dict(scan_blocks=True),
-    "scan_remat_xla": dict(scan_blocks=True, remat="dots_with_no_batch_dims_saveable",
-                           attention_impl="xla"),
+    "remat_dots_scan_xla": dict(scan_blocks=True, remat="dots_with_no_batch_dims_saveable",
+                                attention_impl="xla"),
+    "remat_dots_loop": dict(remat="dots_saveable"),
 }
 # XLA reassociates float32 sums differently in a fused attention or a scanned body.
 TOLERANCE = dict(rtol=2e-5, atol=2e-5)
