@@ -116,3 +116,11 @@ def test_bad_lever_values_name_the_valid_ones(key, value, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.apply_overrides(config, [f"{key}={value}"])
     config_lib.validate(config)
+
+
+def test_cudnn_attention_off_gpu_is_the_same_math_via_xla(caplog):
+  if jax.default_backend() == "gpu":
+    pytest.skip("on a GPU cudnn is used as asked")
+  options = registry.vit_speed_options(ml_collections.ConfigDict({"attention_impl": "cudnn"}))
+  assert options["attention_impl"] == "xla"
+  assert "needs an NVIDIA GPU" in caplog.text

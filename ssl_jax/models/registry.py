@@ -3,10 +3,12 @@
 Names: 'vit_{ti,s,b,l,h}{4,8,14,16}' (e.g. 'vit_s16' = ViT-S/16), 'resnet18', 'resnet50',
 'wrn_<depth>_<width>' (Wide ResNets, e.g. 'wrn_28_2' = FixMatch's WRN-28-2).
 """
+import logging
 import re
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ssl_jax.models import resnet
@@ -73,6 +75,11 @@ def vit_speed_options(model_config) -> dict[str, Any]:
   if attention_impl not in vit.ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl must be one of {vit.ATTENTION_IMPLS}, got "
                      f"{attention_impl!r}.")
+  if attention_impl == "cudnn" and jax.default_backend() != "gpu":
+    # Same math as 'xla': a GPU run's checkpoint still evaluates and exports on CPU or TPU.
+    logging.warning("model.attention_impl='cudnn' needs an NVIDIA GPU; on %s using 'xla' "
+                    "(the same attention, fused by XLA).", jax.default_backend())
+    attention_impl = "xla"
   remat = model_config.get("remat", "none")
   if remat not in vit.REMAT_CHOICES:
     raise ValueError(f"model.remat must be one of {vit.REMAT_CHOICES}, got {remat!r}.")
