@@ -6,7 +6,7 @@ r"""Every figure of issue 13's table on one accelerator host, as JSON lines, in 
     python bench/accelerator_suite.py --skip pmae,loop
 
 Stages, in the order they run (the most wanted figures first, so a spent budget costs the least):
-  requirements  the project's requirements that are not installed, listed before anything runs;
+  requirements  the package's dependencies that are not installed, listed before anything runs;
   loader        host loader images/s (bench/input_pipeline.py, CIFAR-10 npz or digits);
   step          device-only train step: images/s, compile seconds, mfu_model, mfu_hardware
                 (bench/train_step.py) of SimCLR cifar10 (ResNet-18, batch 256), MAE ViT-B/16
@@ -40,12 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("SSL_JAX_DATA", REPO.parent / "shared" / "data"))
 STAGES = ("requirements", "loader", "step", "visible_only", "loop", "pmae", "levers")
 
-# requirements.txt name -> import name, where they differ.
+# Distribution name -> import name, where they differ.
 _IMPORT_NAMES = {"jaxlib": "jaxlib", "orbax-checkpoint": "orbax.checkpoint",
                  "ml-collections": "ml_collections", "tensorflow-datasets": "tensorflow_datasets",
                  "tensorflow-cpu": "tensorflow", "dm-pix": "dm_pix", "pillow": "PIL",
@@ -132,26 +133,37 @@ def emit(record: dict) -> None:
   print(json.dumps(record, sort_keys=True), flush=True)
 
 
-def missing_requirements() -> tuple[list[str], dict[str, str]]:
-  """(requirements.txt names whose module is not importable, {name: installed version})."""
-  missing, installed = [], {}
-  for line in (REPO / "requirements.txt").read_text().splitlines():
-    name = re.split(r"[=<>\[ ;]", line.strip(), maxsplit=1)[0]
-    if not name or name.startswith("#"):
-      continue
-    module = _IMPORT_NAMES.get(name, name.replace("-", "_"))
-    try:
-      found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # A dotted name whose parent is absent.
-      found = False
-    if not found:
-      missing.append(name)
-      continue
-    try:
-      installed[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      installed[name] = "?"
-  return missing, installed
+def _distribution_name(requirement: str) -> str:
+  return re.split(r"[=<>!~\[ ;]", requirement.strip(), maxsplit=1)[0]
+
+
+def _importable(name: str) -> bool:
+  module = _IMPORT_NAMES.get(name, name.replace("-", "_"))
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # A dotted name whose parent is absent.
+    return False
+
+
+def missing_requirements() -> dict:
+  """The package's dependencies (pyproject.toml) whose module is not importable: `missing`
+  (the runtime's `dependencies`), `missing_optional` (the `tf` and `test` extras: TFDS sources
+  and pytest, which no stage needs), and the `installed` versions."""
+  project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+  extras = project.get("optional-dependencies", {})
+  groups = {"missing": project["dependencies"],
+            "missing_optional": extras.get("tf", []) + extras.get("test", [])}
+  report, installed = {}, {}
+  for group, requirements in groups.items():
+    names = [_distribution_name(r) for r in requirements]
+    report[group] = [name for name in names if not _importable(name)]
+    for name in names:
+      if name not in report[group]:
+        try:
+          installed[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+          installed[name] = "?"
+  return {**report, "installed": installed}
 
 
 class Runner:
@@ -229,13 +241,12 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool) -> d
   summary: dict = {}
   step_rates: dict[str, float] = {}
   if "requirements" in stages:
-    missing, installed = missing_requirements()
-    emit({"suite": "accelerator", "stage": "requirements", "missing": missing,
-          "installed": installed})
-    if missing:
-      print(f"accelerator_suite: not installed: {', '.join(missing)}; stages that need them "
-            "report 'skipped' (docs/performance.md: carry wheels).", file=sys.stderr)
-    summary["missing_requirements"] = missing
+    report = missing_requirements()
+    emit({"suite": "accelerator", "stage": "requirements", **report})
+    if report["missing"]:
+      print(f"accelerator_suite: not installed: {', '.join(report['missing'])}; stages that "
+            "need them report 'skipped' (docs/performance.md: carry wheels).", file=sys.stderr)
+    summary["missing_requirements"] = report["missing"]
 
   if "loader" in stages:
     for record in runner.run("loader", "input_pipeline", [

@@ -25,17 +25,20 @@ def test_requirements_stage_alone_lists_missing_modules_and_a_summary():
   records = _records(done.stdout)
   assert [r["stage"] for r in records] == ["requirements", "summary"]
   assert records[0]["missing"] == records[1]["missing_requirements"] == []  # This venv has all.
+  assert records[0]["missing_optional"] == []
   assert records[0]["installed"]["jax"]
 
 
 def test_missing_requirements_names_the_absent_ones(tmp_path, monkeypatch):
-  (tmp_path / "requirements.txt").write_text(
-      "# comment\njax==0.0.1\nml-collections==1.0\nsurely-absent-package==1.0\n"
-      "orbax-absentmodule==2\n")
+  (tmp_path / "pyproject.toml").write_text(
+      '[project]\ndependencies = ["jax>=0.1,<1", "ml-collections>=1.0", "surely-absent>=1",\n'
+      '  "orbax-absentmodule>=2"]\n'
+      '[project.optional-dependencies]\ntf = ["tensorflow-absent>=2"]\ntpu = ["libtpu-x"]\n')
   monkeypatch.setattr(suite, "REPO", tmp_path)
-  missing, installed = suite.missing_requirements()
-  assert missing == ["surely-absent-package", "orbax-absentmodule"]
-  assert set(installed) == {"jax", "ml-collections"}
+  report = suite.missing_requirements()
+  assert report["missing"] == ["surely-absent", "orbax-absentmodule"]
+  assert report["missing_optional"] == ["tensorflow-absent"]  # tpu is not an extra we check.
+  assert set(report["installed"]) == {"jax", "ml-collections"}
 
 
 def _job(code: str) -> list[str]:
