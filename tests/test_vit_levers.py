@@ -14,9 +14,9 @@ from ssl_jax.methods import build_method
 from ssl_jax.models import registry, vit
 
 TINY = dict(patch_size=4, hidden_size=32, depth=2, num_heads=4)
-LEVERS = {  # remat="full": the stochastic-depth test and the MAE test below.
+# remat="full" and scan alone: the stochastic-depth test below (outputs) and the slow MAE test.
+LEVERS = {
     "xla_attention": dict(attention_impl="xla"),
-    "scan": dict(scan_blocks=True),
     "remat_dots_scan_xla": dict(scan_blocks=True, remat="dots_with_no_batch_dims_saveable",
                                 attention_impl="xla"),
     "remat_dots_loop": dict(remat="dots_saveable"),
@@ -37,7 +37,7 @@ def _loss_and_grads(model, params, images):
 def plain():
   model = vit.VisionTransformer(**TINY)
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
-  params = model.init(jax.random.PRNGKey(1), images)["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), images)["params"]
   return images, params, _loss_and_grads(model, params, images)
 
 
@@ -54,18 +54,19 @@ def test_lever_keeps_params_outputs_and_gradients(plain, lever):
 
 def test_remat_keeps_stochastic_depth_masks_and_scan_draws_them(plain):
   images, params, _ = plain
-  run = lambda model, seed: model.apply({"params": params}, images, train=True,
-                                        rngs={"dropout": jax.random.PRNGKey(seed)})["tokens"]
-  loop = vit.VisionTransformer(**TINY, drop_path_rate=0.5)
-  rematted = vit.VisionTransformer(**TINY, drop_path_rate=0.5, remat="full")
-  np.testing.assert_array_equal(run(rematted, 3), run(loop, 3))
-  scanned = vit.VisionTransformer(**TINY, drop_path_rate=0.5, scan_blocks=True)
-  evaluated = scanned.apply({"params": params}, images)["tokens"]
+
+  def tokens_fn(train=True, **attributes):  # seed -> tokens, compiled once per model.
+    model = vit.VisionTransformer(**TINY, drop_path_rate=0.5, **attributes)
+    return jax.jit(lambda seed: model.apply({"params": params}, images, train=train, rngs={
+        "dropout": jax.random.PRNGKey(seed)})["tokens"])
+
+  np.testing.assert_array_equal(tokens_fn(remat="full")(3), tokens_fn()(3))
+  scanned = tokens_fn(scan_blocks=True)
+  evaluated = tokens_fn(train=False, scan_blocks=True)(0)
   # Masks do drop branches (differ from eval and between keys), and eval equals the loop's.
-  assert not np.allclose(run(scanned, 3), evaluated)
-  assert not np.allclose(run(scanned, 3), run(scanned, 4))
-  np.testing.assert_allclose(evaluated, loop.apply({"params": params}, images)["tokens"],
-                             **TOLERANCE)
+  assert not np.allclose(scanned(3), evaluated)
+  assert not np.allclose(scanned(3), scanned(4))
+  np.testing.assert_allclose(evaluated, tokens_fn(train=False)(0), **TOLERANCE)
 
 
 def test_attention_maps_of_a_fused_attention_scanned_encoder(plain):
