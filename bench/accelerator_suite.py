@@ -169,10 +169,9 @@ def missing_requirements() -> dict:
 class Runner:
   """Runs jobs as child processes within the suite's time budget and re-emits their lines."""
 
-  def __init__(self, budget_s: float, log_dir: pathlib.Path, smoke: bool):
+  def __init__(self, budget_s: float, log_dir: pathlib.Path):
     self.deadline = time.monotonic() + budget_s if budget_s > 0 else float("inf")
     self.log_dir = log_dir
-    self.smoke = smoke
 
   def run(self, stage: str, job: str, argv: list[str], timeout_s: float) -> list[dict]:
     """The JSON records the job printed (tagged), or [] after a skip/error line."""
@@ -335,7 +334,7 @@ def main(argv=None) -> None:
   log_dir = pathlib.Path(args.log_dir or tempfile.mkdtemp(prefix="accelerator_suite_"))
   log_dir.mkdir(parents=True, exist_ok=True)
   start = time.monotonic()
-  summary = run_suite(stages, sizes, Runner(budget, log_dir, args.smoke), args.smoke)
+  summary = run_suite(stages, sizes, Runner(budget, log_dir), args.smoke)
   emit({"suite": "accelerator", "stage": "summary", "smoke": args.smoke, "stages": stages,
         "wall_s": time.monotonic() - start, "log_dir": str(log_dir), **summary})
 

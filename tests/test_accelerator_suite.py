@@ -46,7 +46,7 @@ def _job(code: str) -> list[str]:
 
 
 def test_runner_tags_lines_and_turns_failures_into_one_line(tmp_path, capsys):
-  runner = suite.Runner(budget_s=0, log_dir=tmp_path, smoke=True)
+  runner = suite.Runner(budget_s=0, log_dir=tmp_path)
   records = runner.run("step", "ok", _job('print("noise"); print(\'{"x": 1}\')'), timeout_s=30)
   assert records == [{"x": 1, "suite": "accelerator", "stage": "step", "job": "ok"}]
   assert runner.run("step", "absent", _job("import surely_absent_module"), 30) == []
@@ -60,7 +60,7 @@ def test_runner_tags_lines_and_turns_failures_into_one_line(tmp_path, capsys):
 
 
 def test_spent_budget_skips_jobs_without_running_them(tmp_path, capsys):
-  runner = suite.Runner(budget_s=5, log_dir=tmp_path, smoke=True)  # < 20 s left: no job fits.
+  runner = suite.Runner(budget_s=5, log_dir=tmp_path)  # < 20 s left: no job fits.
   assert runner.run("pmae", "pmae_vs_mae", _job("raise SystemExit(1)"), 30) == []
   assert _records(capsys.readouterr().out)[0]["skipped"].startswith("suite budget spent")
 
