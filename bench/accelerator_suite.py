@@ -50,7 +50,7 @@ STAGES = ("requirements", "loader", "step", "visible_only", "loop", "pmae", "lev
 _IMPORT_NAMES = {"jaxlib": "jaxlib", "orbax-checkpoint": "orbax.checkpoint",
                  "ml-collections": "ml_collections", "tensorflow-datasets": "tensorflow_datasets",
                  "tensorflow-cpu": "tensorflow", "dm-pix": "dm_pix", "pillow": "PIL",
-                 "scikit-learn": "sklearn"}
+                 "scikit-learn": "sklearn", "pytest-xdist": "xdist"}
 
 
 @dataclasses.dataclass(frozen=True)
