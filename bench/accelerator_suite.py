@@ -4,6 +4,8 @@ r"""Every figure of issue 13's table on one accelerator host, as JSON lines, in 
     python bench/accelerator_suite.py --smoke          # every stage at toy size (CPU, CI)
     python bench/accelerator_suite.py --stages step,levers --budget_s 300
     python bench/accelerator_suite.py --skip pmae,loop
+    python bench/accelerator_suite.py --stages levers --levers attention_cudnn,remat_dots
+    python bench/accelerator_suite.py --stages loop --previous first_call.jsonl
 
 Stages, in the order they run (the most wanted figures first, so a spent budget costs the least):
   requirements  the package's dependencies that are not installed, listed before anything runs;
@@ -60,6 +62,7 @@ class Workload:
   config: str            # configs/<m>.py:<presets>
   batch_size: int
   loop_overrides: tuple[str, ...] = ()  # The loop's in-memory source for this canvas.
+  overrides: tuple[str, ...] = ()       # Both stages: e.g. bf16 for a float32 preset.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +96,10 @@ def full_sizes() -> Sizes:
                    "data.eval_test_split=test", "data.worker_count=0")
   return Sizes(
       workloads=(
+          # The cifar10 presets compute in float32 (they also run on CPU); issue 13's table
+          # and bench/cifar10_accelerator.sh run them in bfloat16.
           Workload("simclr_cifar10", "configs/simclr.py:cifar10", 256,
-                   (f"data.source={cifar}",)),
+                   (f"data.source={cifar}",), ("model.dtype=bfloat16",)),
           Workload("mae_vit_b16", "configs/mae.py:vit_b16,imagenet", 256, imagenet_loop),
           Workload("dino_vit_s16", "configs/dino.py:imagenet", 128, imagenet_loop),
       ),
@@ -224,6 +229,15 @@ def _bench_train_step(workload_config: str, batch_size: int, steps: int,
   return argv + (["--compare_encode_all"] if compare_encode_all else []) + list(overrides)
 
 
+def loop_overrides(workload: Workload, sizes: Sizes) -> list[str]:
+  """The loop stage's config overrides: `sizes.loop_steps` steps (epochs off: the presets set
+  their length in epochs, and the loop refuses both), no evaluation, export or pictures."""
+  return [f"batch_size={workload.batch_size}", f"total_steps={sizes.loop_steps}", "epochs=0",
+          f"log_every={sizes.loop_log_every}", "eval_every=0", "eval.protocols=",
+          f"checkpoint_every={sizes.loop_steps}", "export_at_end=False", "visualize=False",
+          *workload.overrides, *workload.loop_overrides]
+
+
 def _loop_images_per_sec(workdir: pathlib.Path) -> float | None:
   """Median train/images_per_sec of the loop's log windows after the first (the compile)."""
   path = workdir / "metrics.jsonl"
@@ -235,10 +249,22 @@ def _loop_images_per_sec(workdir: pathlib.Path) -> float | None:
   return statistics.median(rates) if rates else None
 
 
-def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool) -> dict:
-  """Runs the stages in STAGES order; returns the summary figures."""
+def step_rates_of(records: list[dict]) -> dict[str, float]:
+  """Device-only images/s per workload from an earlier suite run's lines (`--previous`), so a
+  loop stage run in a later call (a device session too short for the whole suite) still gets
+  its loop_to_step_ratio. Compare only runs on the same card."""
+  return {r["job"]: r["images_per_sec"] for r in records
+          if r.get("stage") == "step" and r.get("bench") == "train_step"
+          and r.get("variant") == "default"}
+
+
+def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
+              levers: tuple[str, ...] | None = None,
+              previous_step_rates: dict[str, float] | None = None) -> dict:
+  """Runs the stages in STAGES order; returns the summary figures. `levers` picks the levers
+  stage's jobs (default: every lever of LEVERS, or CPU_LEVERS under --smoke)."""
   summary: dict = {}
-  step_rates: dict[str, float] = {}
+  step_rates: dict[str, float] = dict(previous_step_rates or {})
   if "requirements" in stages:
     report = missing_requirements()
     emit({"suite": "accelerator", "stage": "requirements", **report})
@@ -261,7 +287,8 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool) -> d
     for workload in workloads:
       compare = "visible_only" in stages and "mae" in workload.name
       for record in runner.run("step", workload.name, _bench_train_step(
-          workload.config, workload.batch_size, sizes.steps, compare_encode_all=compare),
+          workload.config, workload.batch_size, sizes.steps, workload.overrides,
+          compare_encode_all=compare),
           sizes.job_timeout_s * (2 if compare else 1)):
         if record.get("bench") == "train_step" and record.get("variant") == "default":
           step_rates[workload.name] = record["images_per_sec"]
@@ -274,13 +301,9 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool) -> d
   if "loop" in stages:
     for workload in sizes.workloads:
       with tempfile.TemporaryDirectory(prefix=f"suite_loop_{workload.name}_") as workdir:
-        overrides = [f"batch_size={workload.batch_size}", f"total_steps={sizes.loop_steps}",
-                     f"log_every={sizes.loop_log_every}", "eval_every=0", "eval.protocols=",
-                     f"checkpoint_every={sizes.loop_steps}", "export_at_end=False",
-                     "visualize=False", *workload.loop_overrides]
         runner.run("loop", workload.name, [
             "-m", "ssl_jax.train", "--config", workload.config, "--workdir", workdir,
-            *[f"--config.{o}" for o in overrides]], sizes.job_timeout_s)
+            *[f"--config.{o}" for o in loop_overrides(workload, sizes)]], sizes.job_timeout_s)
         rate = _loop_images_per_sec(pathlib.Path(workdir))
       step = step_rates.get(workload.name)
       record = {"suite": "accelerator", "stage": "loop", "job": workload.name,
@@ -298,7 +321,8 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool) -> d
         summary[f"pmae_{record['discriminator']}_ratio"] = record["step_time_ratio"]
 
   if "levers" in stages:
-    levers = CPU_LEVERS if smoke else tuple(LEVERS)
+    if levers is None:
+      levers = CPU_LEVERS if smoke else tuple(LEVERS)
     for lever in levers:
       for record in runner.run("levers", lever, _bench_train_step(
           sizes.lever_config, sizes.lever_batch_size, sizes.steps, LEVERS[lever]),
@@ -324,17 +348,29 @@ def main(argv=None) -> None:
   parser.add_argument("--smoke", action="store_true", help="toy sizes, CPU friendly")
   parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, of STAGES")
   parser.add_argument("--skip", default="", help="comma-separated stages not to run")
+  parser.add_argument("--levers", default="",
+                      help=f"comma-separated levers to measure (default all): {', '.join(LEVERS)}")
+  parser.add_argument("--previous", default="",
+                      help="an earlier run's JSON lines: its step figures for the loop ratios")
   parser.add_argument("--budget_s", type=float, default=None,
                       help="wall-clock budget of the whole suite (default 450; smoke: none)")
   parser.add_argument("--log_dir", default="", help="children's stderr (default: a temp dir)")
   args = parser.parse_args(argv)
   stages = [s for s in _stage_list(args.stages) if s not in _stage_list(args.skip)]
+  levers = tuple(l.strip() for l in args.levers.split(",") if l.strip()) or None
+  unknown = [l for l in levers or () if l not in LEVERS]
+  if unknown:
+    raise SystemExit(f"accelerator_suite: unknown lever(s) {unknown}; levers: {', '.join(LEVERS)}")
   sizes = smoke_sizes() if args.smoke else full_sizes()
   budget = args.budget_s if args.budget_s is not None else (0 if args.smoke else 450)
   log_dir = pathlib.Path(args.log_dir or tempfile.mkdtemp(prefix="accelerator_suite_"))
   log_dir.mkdir(parents=True, exist_ok=True)
   start = time.monotonic()
-  summary = run_suite(stages, sizes, Runner(budget, log_dir), args.smoke)
+  previous = {}
+  if args.previous:
+    lines = pathlib.Path(args.previous).read_text().splitlines()
+    previous = step_rates_of([json.loads(l) for l in lines if l.startswith("{")])
+  summary = run_suite(stages, sizes, Runner(budget, log_dir), args.smoke, levers, previous)
   emit({"suite": "accelerator", "stage": "summary", "smoke": args.smoke, "stages": stages,
         "wall_s": time.monotonic() - start, "log_dir": str(log_dir), **summary})
 

@@ -74,6 +74,31 @@ def test_loop_rate_is_the_median_after_the_compile_window(tmp_path):
   assert suite._loop_images_per_sec(tmp_path / "absent") is None
 
 
+@pytest.mark.parametrize("sizes", [suite.full_sizes(), suite.smoke_sizes()],
+                         ids=["full", "smoke"])
+def test_every_loop_run_is_loop_steps_long_and_bf16_where_asked(sizes):
+  # The presets give their length in epochs; a loop run that set total_steps alone was refused
+  # by the loop (both set) on the first accelerator run.
+  from ssl_jax import config_lib, steps
+  for workload in sizes.workloads:
+    config = config_lib.load_config(workload.config)
+    config.lock()
+    config_lib.apply_overrides(config, suite.loop_overrides(workload, sizes))
+    assert steps.total_steps(config, steps_per_epoch=1000) == sizes.loop_steps, workload.name
+    assert config.batch_size == workload.batch_size
+    if "model.dtype=bfloat16" in workload.overrides:
+      assert config.model.dtype == "bfloat16"
+
+def test_the_float32_cifar10_preset_is_measured_in_bfloat16():
+  simclr = next(w for w in suite.full_sizes().workloads if w.name == "simclr_cifar10")
+  assert "model.dtype=bfloat16" in simclr.overrides
+
+
+def test_unknown_lever_is_a_one_line_error():
+  with pytest.raises(SystemExit, match="unknown lever.*'flash'.*levers: attention_xla"):
+    suite.main(["--smoke", "--stages", "levers", "--levers", "flash"])
+
+
 def test_unknown_stage_is_a_one_line_error():
   with pytest.raises(SystemExit, match="unknown stage.*'stepp'.*stages: requirements"):
     suite.main(["--smoke", "--stages", "stepp"])
@@ -105,3 +130,12 @@ def test_cifar10_accelerator_smoke_writes_the_table(tmp_path):
   assert rows == ["simclr", "random init", "raw pixels"], table
   assert json.loads((tmp_path / "wall_times.jsonl").read_text())["method"] == "simclr"
   assert {p.name for p in (tmp_path / "simclr" / "eval").iterdir()} >= {"random.json", "raw.json"}
+
+
+def test_previous_run_supplies_the_step_rates_of_a_later_loop_stage():
+  lines = [{"stage": "step", "bench": "train_step", "variant": "default", "job": "mae",
+            "images_per_sec": 3000.0},
+           {"stage": "step", "bench": "train_step", "variant": "encode_all_patches",
+            "job": "mae", "images_per_sec": 1500.0},
+           {"stage": "loop", "bench": "loop", "job": "mae", "loop_images_per_sec": 2900.0}]
+  assert suite.step_rates_of(lines) == {"mae": 3000.0}
