@@ -379,6 +379,10 @@ def base_config() -> ml_collections.ConfigDict:
   # jax.profiler trace of steps START..STOP-1 ("START:STOP", e.g. "10:15") into
   # W/tensorboard/plugins/profile (TensorBoard's Profile tab), process 0; "" = none.
   c.profile_steps = ""
+  # XLA's persistent compilation cache (ssl_jax/compile_cache.py): a resumed or restarted run
+  # loads its compiled steps instead of compiling them again. A relative path lives in the
+  # workdir, an absolute path or gs:// URL may be shared by runs; "" = off.
+  c.compilation_cache_dir = ""
 
   # One warning line when a collapse metric falls below its threshold (ssl_jax/collapse.py,
   # docs/methods.md "Collapse metrics"); 0 disables a check.

@@ -36,8 +36,8 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import (catalog, collapse, config_lib, distributed, errors, flops, metrics_io,
-                     profiler, progress, summary, trainer, viz, wandb_writer)
+from ssl_jax import (catalog, collapse, compile_cache, config_lib, distributed, errors, flops,
+                     metrics_io, profiler, progress, summary, trainer, viz, wandb_writer)
 from ssl_jax import steps as steps_lib
 from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import prefetch, streams
@@ -122,6 +122,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         devices=None) -> dict[str, Any]:
   workdir_path = pathlib.Path(workdir)
   wandb_writer.check_available(config)
+  compile_cache.enable(config.compilation_cache_dir, workdir)
   data = streams.make_train_data(config)
   steps_per_epoch = data.steps_per_epoch
   total_steps = steps_lib.total_steps(config, steps_per_epoch)

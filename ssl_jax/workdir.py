@@ -38,7 +38,8 @@ HISTORY_FILE = "config_history.jsonl"
 CHANGEABLE = ("total_steps", "epochs", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "export_at_end", "visualize", "mesh.", "data.eval_source",
               "data.eval_train_split", "data.eval_test_split", "data.data_dir", "data.prefetch",
-              "eval.", "profile_steps", "collapse.", "wandb.")
+              "eval.", "profile_steps", "compilation_cache_dir", "collapse.",
+              "wandb.")
 FIXED_EVEN_IF_MATCHED = ("eval.online_probe",)  # Adds a head and optimizer state.
 
 

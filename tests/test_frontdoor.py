@@ -218,3 +218,12 @@ def test_toy_run_logs_to_wandb_what_metrics_jsonl_holds(toy_run):
     assert logged["train/loss"] == pytest.approx(record["train/loss"])
   assert fake.runs[0].finished
   assert json.loads((workdir / "config.json").read_text())["wandb"]["project"] == "toy"
+
+
+def test_compilation_cache_dir_is_off_by_default_and_relative_to_the_workdir():
+  from ssl_jax import compile_cache
+  assert config_lib.base_config().compilation_cache_dir == ""
+  assert compile_cache.resolve("", "/runs/w") is None
+  assert compile_cache.resolve("xla_cache", "/runs/w") == "/runs/w/xla_cache"
+  assert compile_cache.resolve("/shared/cache", "/runs/w") == "/shared/cache"
+  assert compile_cache.resolve("gs://bucket/cache", "/runs/w") == "gs://bucket/cache"

@@ -88,10 +88,12 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
   workdir = tmp_path / "w"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  # Every compilation is cached (smoke steps compile in under JAX's 1 s default threshold).
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   cmd = [sys.executable, "-m", "ssl_jax.train", "--config", "configs/mae.py:smoke",
          "--workdir", str(workdir), "--config.total_steps=100000", "--config.log_every=1",
-         "--config.checkpoint_every=0", "--config.eval.protocols="]
+         "--config.checkpoint_every=0", "--config.eval.protocols=",
+         "--config.compilation_cache_dir=xla_cache"]
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
   deadline = time.time() + 240
@@ -108,6 +110,10 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
   assert step is not None and step >= 3, output[-3000:]
   params = ckpt_lib.Checkpointer(str(workdir)).restore_params(step)
   assert "encoder" in params and "decoder" in params
+  # The restart's compiled steps are waiting in the workdir (the train step's jit is named
+  # after the trainer's step function).
+  cached = [p.name for p in (workdir / "xla_cache").iterdir()]
+  assert any(name.startswith("jit_") and "step" in name for name in cached), cached
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_last_checkpoint(tmp_path):
