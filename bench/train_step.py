@@ -3,6 +3,8 @@ r"""Train-step throughput and MFU for any config.
     python bench/train_step.py --config configs/mae.py:vit_b16,imagenet --batch_size 8
     python bench/train_step.py --config configs/mae.py:vit_b16,imagenet --batch_size 8 \
         --compare_encode_all   # MAE: visible-only encoder vs encoder on every patch
+    python bench/train_step.py --config configs/mae.py:vit_b16,imagenet --batch_size 256 \
+        --matmul_dtypes        # only trace: the share of matmul FLOPs per operand dtype
 
 Prints JSON lines: images/s, step time, compile seconds, model and hardware FLOPs per step
 (counted on the step's jaxpr by ssl_jax/flops.py, the same on every backend: XLA's GPU cost
@@ -71,6 +73,16 @@ def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> d
           "num_params": int(params)}
 
 
+def matmul_dtypes(config) -> dict:
+  """The train step's matmul FLOPs per "lhs x rhs -> result" dtype, from its jaxpr."""
+  setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
+  batch = _random_batch(setup, config)
+  by_dtype = flops.matmul_flops_by_dtype(setup.step, jax.eval_shape(setup.init_state), batch)
+  total = sum(by_dtype.values())
+  return {"matmul_flops_per_step": total,
+          "share_by_dtype": {key: value / total for key, value in by_dtype.items()}}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +91,9 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--compare_encode_all", action="store_true",
                       help="MAE only: also time the encoder on all patches (no token dropping)")
+  parser.add_argument("--matmul_dtypes", action="store_true",
+                      help="trace only (no compile, any machine): the step's matmul FLOPs per "
+                           "operand/result dtype")
   parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
   args = parser.parse_args()
 
@@ -87,6 +102,11 @@ def main():
   config_lib.apply_overrides(config, args.overrides)
   if args.batch_size:
     config.batch_size = args.batch_size
+  if args.matmul_dtypes:
+    common.emit(matmul_dtypes(config) | {"bench": "matmul_dtypes", "config": args.config,
+                                         "batch_size": config.batch_size,
+                                         "dtype": config.model.dtype})
+    return
   peak, peak_source = common.device_peak_flops()
   variants = [("default", {})]
   if args.compare_encode_all:

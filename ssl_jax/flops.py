@@ -131,6 +131,28 @@ def count_flops(fn: Callable, *args, **kwargs) -> StepFlops:
   return _count(closed.jaxpr, _flax_module_names(), inside=False)
 
 
+def matmul_flops_by_dtype(fn: Callable, *args, **kwargs) -> dict[str, float]:
+  """Matmul FLOPs of `fn(*args)` per operand and result dtype, e.g. "bfloat16 x bfloat16 ->
+  float32": which precision the step's matmuls run in (a float32 operand runs a GPU's or TPU's
+  matmul units at a fraction of their bf16 rate). A `scan` body counts times its length; every
+  `cond` branch counts (the train steps' conds hold no matmuls)."""
+  counts: dict[str, float] = {}
+
+  def walk(jaxpr, times: float) -> None:
+    for eqn in jaxpr.eqns:
+      flops = _matmul_flops(eqn)
+      if flops:
+        lhs, rhs = (v.aval.dtype for v in eqn.invars[:2])
+        key = f"{lhs} x {rhs} -> {eqn.outvars[0].aval.dtype}"
+        counts[key] = counts.get(key, 0.0) + times * flops
+      length = float(eqn.params["length"]) if eqn.primitive.name == "scan" else 1.0
+      for sub in jex_core.jaxprs_in_params(eqn.params):
+        walk(sub, times * length)
+
+  walk(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr, 1.0)
+  return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def model_flops_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` whose step does the model's FLOPs once: no remat recomputation, plain
   attention (the fused kernels hide their matmuls in custom calls). Same math as `config`."""

@@ -133,3 +133,19 @@ def test_train_loop_logs_mfu_model_where_the_peak_is_known(tmp_path, monkeypatch
     np.testing.assert_allclose(
         record["train/mfu_model"],
         record["train/steps_per_sec"] * model_flops / (1e12 * jax.device_count()), rtol=1e-6)
+
+
+def test_matmul_flops_by_dtype_splits_by_operand_and_result_dtype():
+  def step(a, b, c):
+    x = jnp.dot(a, b)                                             # bf16 x bf16 -> bf16
+    y = jnp.dot(a, b, preferred_element_type=jnp.float32)         # bf16 x bf16 -> f32
+    z = jax.lax.scan(lambda carry, _: (carry @ c, None), y, None, length=3)[0]  # f32, 3 times
+    return x, z
+  a = jnp.ones((4, 8), jnp.bfloat16)
+  b = jnp.ones((8, 16), jnp.bfloat16)
+  c = jnp.ones((16, 16), jnp.float32)
+  counts = flops.matmul_flops_by_dtype(step, a, b, c)
+  assert counts == {"float32 x float32 -> float32": 3 * 2 * 4 * 16 * 16,
+                    "bfloat16 x bfloat16 -> bfloat16": 2 * 4 * 8 * 16,
+                    "bfloat16 x bfloat16 -> float32": 2 * 4 * 8 * 16}
+  assert list(counts)[0] == "float32 x float32 -> float32"  # Largest first.
