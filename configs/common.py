@@ -104,6 +104,7 @@ def vit_adamw(config, lr, warmup_steps):
   config.optim.b1, config.optim.b2 = 0.9, 0.999
   config.optim.warmup_epochs = 0.0
   config.optim.warmup_steps = warmup_steps
+  config.optim.warmup_start_lr = 0.0  # Not a LARS preset's start (PAWS's 0.08 under AdamW).
 
 
 # The fixed CPU budget every method's CIFAR-10 figure in docs/results.md is measured at:
@@ -134,6 +135,8 @@ def cpu_budget(config, lr=1e-3, warmup_steps=20):
   config.checkpoint_every = 100
   config.eval.protocols = "knn,linear"
   vit_adamw(config, lr=lr, warmup_steps=warmup_steps)
+  # One schedule for every method (not FixMatch's cos(7 pi k / 16 K) or a constant lr).
+  config.optim.schedule = "cosine"
   config.optim.end_lr = 0.0
   config.optim.lr_scaling = "none"
 

@@ -121,6 +121,21 @@ def test_cpu_budget_is_one_encoder_batch_and_step_count_for_every_joint_embeddin
   assert (mae.batch_size, mae.total_steps) == (pmae.batch_size, pmae.total_steps)
 
 
+def test_cpu_budget_is_one_schedule_for_every_method():
+  """The label-budget and pretext tables compare methods at `cifar10,cpu` too: one cosine
+  schedule from 0 (no FixMatch cos(7 pi k / 16 K), no constant lr, no LARS warm-up start)."""
+  names = sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                 if p.stem not in ("common", "supervised"))
+  for name in names:
+    try:
+      config = config_lib.load_config(f"{REPO}/configs/{name}.py:cifar10,cpu")
+    except config_lib.ConfigError:
+      continue  # No cpu preset.
+    optim = config.optim
+    assert (optim.schedule, optim.warmup_start_lr, optim.warmup_steps, optim.warmup_epochs,
+            optim.end_lr, optim.lr_scaling) == ("cosine", 0.0, 20, 0.0, 0.0, "none"), name
+
+
 def test_perceptual_mae_cpu_discriminator_decays_with_the_generator():
   """With a constant lr the discriminator won once the generator's cosine reached 0 (results)."""
   config = config_lib.load_config(f"{REPO}/configs/perceptual_mae.py:cifar10,cpu,dcgan")
