@@ -25,39 +25,26 @@ from ssl_jax.methods import byol, views  # noqa: E402
 def get_config(arg: str = "digits"):
   config = config_lib.base_config()
   config.method = byol.default_byol_config()
-  config.model.name = "resnet50"
-  config.model.stem = "imagenet"
-  config.optim.name = "lars"
-  config.optim.lr = 0.2                 # x batch_size / 256.
-  config.optim.weight_decay = 1.5e-6
-  config.optim.momentum = 0.9
-  config.optim.trust_coefficient = 1e-3
-  config.optim.warmup_epochs = 10
+  common.resnet50_imagenet(config)
+  common.lars(config, lr=0.2, weight_decay=1.5e-6)
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
+    common.resnet_era_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 128, 64
       config.method.pred_hidden_dim = 128
       # 0.996 would keep the target nearly at its random init over a 60-step run.
       config.method.base_momentum = 0.99
       config.method.view1, config.method.view2 = views.byol_views(
           config.data.image_size, blur_probs=(0.0, 0.0))
-      common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "digits":
-      common.digits_data(config)
-      common.small_vit(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
       config.method.pred_hidden_dim = 512
       config.method.base_momentum = 0.99
       config.method.view1, config.method.view2 = views.byol_views(
           config.data.image_size, blur_probs=(0.0, 0.0))
-      common.vit_adamw(config, lr=1e-3, warmup_steps=50)
     elif preset == "cifar10":
-      common.cifar10_data(config)
-      config.model.name, config.model.stem = "resnet18", "cifar"
       # solo-learn's CIFAR recipe: no blur, LARS trust coefficient 0.02, base lr 1.0, wd 1e-5,
       # momentum 0.99 (a few thousand steps instead of ImageNet's hundreds of thousands).
       config.method.proj_hidden_dim = config.method.pred_hidden_dim = 4096
@@ -67,14 +54,10 @@ def get_config(arg: str = "digits"):
       config.optim.trust_coefficient = 0.02
       config.optim.weight_decay = 1e-5
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name, config.model.stem = "resnet50", "imagenet"
-      config.model.dtype = "bfloat16"
       config.batch_size = 4096
       config.epochs = 1000
       config.method.base_momentum = 0.996
       config.method.view1, config.method.view2 = views.byol_views(224)
     elif preset == "cpu":
-      common.cpu_budget(config)
       config.method.proj_hidden_dim = config.method.pred_hidden_dim = 1024
   return config

@@ -25,37 +25,11 @@ from ssl_jax.methods import colorization  # noqa: E402
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = colorization.default_method_config()
-  config.model.name = "vit_ti4"
-  config.model.pool = "mean"   # The per-cell head trains the patch tokens; pool those.
-  common.vit_adamw(config, lr=1.5e-4, warmup_steps=0)
-  config.optim.b1, config.optim.b2 = 0.9, 0.95
+  common.pixel_pretext_defaults(config)   # ViT, per-cell head on the patch tokens, MAE's AdamW.
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
-    if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
-      config.method.view.size = config.data.image_size
-      config.optim.lr = 1.5e-3
-      config.optim.warmup_steps = 5
-    elif preset == "cifar10":
-      common.cifar10_data(config)
-      common.small_vit(config)
-      config.method.view.size = config.data.image_size
-      config.optim.lr = 1.5e-3
-      config.optim.warmup_steps = 0
-      config.optim.warmup_epochs = 10
-    elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name = "vit_b16"
-      common.full_size_vit(config)
-      config.model.dtype = "bfloat16"
-      config.batch_size = 1024
-      config.epochs = 100
-      config.optim.lr = 1.5e-4
-      config.optim.warmup_steps = 0
-      config.optim.warmup_epochs = 10
-      config.method.view.size = 224
-    elif preset == "cpu":
-      common.cpu_budget(config)
+    common.pixel_pretext_preset(config, preset)
+    if preset == "imagenet":
+      config.method.view.size = 224     # 14x14 tokens of 4x4 cells: the paper's 56x56 grid.
   return config

@@ -107,6 +107,33 @@ def vit_adamw(config, lr, warmup_steps):
   config.optim.warmup_start_lr = 0.0  # Not a LARS preset's start (PAWS's 0.08 under AdamW).
 
 
+def resnet50_imagenet(config):
+  """ResNet-50 with the ImageNet stem (7x7 stride-2 conv + max-pool): the ResNet-era papers'
+  backbone."""
+  config.model.name, config.model.stem = "resnet50", "imagenet"
+
+
+def lars(config, *, lr, weight_decay):
+  """LARS as SimCLR (Appendix B.1) and BYOL (Appendix C) train ResNet-50: momentum 0.9, trust
+  coefficient 1e-3, 10 warm-up epochs then cosine, `lr` x batch_size / 256."""
+  config.optim.name = "lars"
+  config.optim.lr = lr
+  config.optim.weight_decay = weight_decay
+  config.optim.momentum = 0.9
+  config.optim.trust_coefficient = 1e-3
+  config.optim.warmup_epochs = 10
+
+
+def momentum_sgd(config, *, lr):
+  """SGD as MoCo v2 (facebookresearch/moco `--cos`) and SimSiam (Sec. 4) train ResNet-50:
+  momentum 0.9, wd 1e-4, cosine without warm-up, `lr` x batch_size / 256."""
+  config.optim.name = "sgd"
+  config.optim.lr = lr
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 1e-4
+  config.optim.warmup_epochs = 0.0
+
+
 # The fixed CPU budget every method's CIFAR-10 figure in docs/results.md is measured at:
 # `configs/<method>.py:cifar10,cpu`. Same backbone, batch, steps and optimiser for every method,
 # so the methods differ only in their objective, views and heads (SimSiam alone keeps its
@@ -155,7 +182,7 @@ def mae_cpu_budget(config):
 def pretext_classifier_defaults(config):
   """ResNet-50 trained with SGD (momentum 0.9, wd 5e-4): the classification pretext papers'
   optimiser (RotNet, jigsaw, context prediction), which the ImageNet and CIFAR presets keep."""
-  config.model.name, config.model.stem = "resnet50", "imagenet"
+  resnet50_imagenet(config)
   config.optim.name = "sgd"
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
@@ -174,17 +201,138 @@ def pretext_classifier_preset(config, preset):
     config.model.name, config.model.stem = "resnet18", "cifar"
   elif preset == "imagenet":
     imagenet_data(config)
-    config.model.name, config.model.stem = "resnet50", "imagenet"
+    resnet50_imagenet(config)
     config.model.dtype = "bfloat16"
   elif preset == "cpu":
     cpu_budget(config)
 
 
-# ----------------------------------------------------------------------------- semi-supervised
-# Pseudo-label, Mean Teacher and FixMatch read two streams (ssl_jax/data/streams.py): the
-# class-balanced labelled subset `data.train_subset` and every train record with its label
-# hidden.
+def patch_arrangement_preset(config, preset):
+  """`pretext_classifier_preset` for context prediction and jigsaw, which classify how patches
+  of one image are arranged from their concatenated features through an MLP head (Doersch et
+  al. 2015's late-fusion fc layers; Noroozi & Favaro 2016's fc7-fc8): the head's width (256
+  smoke, 1024 cifar10, 512 cpu), lr 0.1 on CIFAR-10, and on ImageNet the papers' batch 256
+  with the usual ResNet-50 SGD schedule (Goyal et al. 2017: lr 0.1, wd 1e-4, 5 warm-up
+  epochs, 90 epochs) in place of their AlexNet schedules. Each config sets its patch geometry."""
+  pretext_classifier_preset(config, preset)
+  if preset == "smoke":
+    config.method.head_hidden_dim = 256
+  elif preset == "cifar10":
+    config.method.head_hidden_dim = 1024
+    config.optim.lr = 0.1
+  elif preset == "imagenet":
+    config.batch_size = 256
+    config.epochs = 90
+    config.optim.lr = 0.1
+    config.optim.weight_decay = 1e-4
+    config.optim.warmup_epochs = 5
+  elif preset == "cpu":
+    config.method.head_hidden_dim = 512
+
+
+# ----------------------------------------------------------------------------- pixel pretext ViTs
+def pixel_pretext_defaults(config):
+  """Colorization and inpainting on a ViT: a per-patch head predicts each patch's pixels (its
+  colours, or the hole's content) from the patch tokens, so those are mean-pooled for
+  evaluation. The papers' conv nets and Adam settings do not carry over to a ViT; MAE's AdamW
+  does (He et al. 2021, Table 8: betas 0.9, 0.95, wd 0.05, base lr 1.5e-4 x batch_size / 256)."""
+  config.model.name = "vit_ti4"
+  config.model.pool = "mean"
+  vit_adamw(config, lr=1.5e-4, warmup_steps=0)
+  config.optim.b1, config.optim.b2 = 0.9, 0.95
+
+
+def pixel_pretext_preset(config, preset):
+  """The backbone, data and schedule of colorization's and inpainting's shared presets (each
+  config sets its decoder, and its view size at `imagenet`): smoke = the tiny ViT at lr 1.5e-3
+  after 5 warm-up steps; cifar10 = the small ViT at lr 1.5e-3 after 10 warm-up epochs; imagenet
+  = ViT-B/16 in bfloat16, batch 1024, 100 epochs at MAE's lr 1.5e-4 after 10 warm-up epochs;
+  cpu = `cpu_budget`."""
+  if preset == "smoke":
+    smoke_data(config)
+    tiny_vit(config)
+    config.method.view.size = config.data.image_size
+    config.optim.lr = 1.5e-3
+    config.optim.warmup_steps = 5
+  elif preset == "cifar10":
+    cifar10_data(config)
+    small_vit(config)
+    config.method.view.size = config.data.image_size
+    config.optim.lr = 1.5e-3
+    config.optim.warmup_steps = 0
+    config.optim.warmup_epochs = 10
+  elif preset == "imagenet":
+    imagenet_data(config)
+    config.model.name = "vit_b16"
+    full_size_vit(config)
+    config.model.dtype = "bfloat16"
+    config.batch_size = 1024
+    config.epochs = 100
+    config.optim.lr = 1.5e-4
+    config.optim.warmup_steps = 0
+    config.optim.warmup_epochs = 10
+  elif preset == "cpu":
+    cpu_budget(config)
+
+
+# ----------------------------------------------------------------------------- two-view ResNet era
+def resnet_era_preset(config, preset):
+  """The data and backbone of the shared presets of SimCLR, BYOL, MoCo v2 and SimSiam (each
+  config sets its heads, views, batch, epochs and optimiser): smoke and digits = the tiny and
+  the small ViT, trained with AdamW as ViTs are (`vit_adamw`); cifar10 = ResNet-18 with the
+  CIFAR stem; imagenet = the papers' ResNet-50 in bfloat16; cpu = `cpu_budget`."""
+  if preset == "smoke":
+    smoke_data(config)
+    tiny_vit(config)
+    vit_adamw(config, lr=2e-3, warmup_steps=5)
+  elif preset == "digits":
+    digits_data(config)
+    small_vit(config)
+    vit_adamw(config, lr=1e-3, warmup_steps=50)
+  elif preset == "cifar10":
+    cifar10_data(config)
+    config.model.name, config.model.stem = "resnet18", "cifar"
+  elif preset == "imagenet":
+    imagenet_data(config)
+    resnet50_imagenet(config)
+    config.model.dtype = "bfloat16"
+  elif preset == "cpu":
+    cpu_budget(config)
+
+
+# ----------------------------------------------------------------------------- classifier training
+# The methods that train a classifier on (pseudo-)labels: Pseudo-label, Mean Teacher, FixMatch,
+# Noisy Student and distillation. The semi-supervised ones read two streams
+# (ssl_jax/data/streams.py): the class-balanced labelled subset `data.train_subset` and every
+# train record with its label hidden.
 CPU_BUDGET_LABELS = "per_class:25"   # 250 labels: the issue's low-label CIFAR-10 setting.
+FIXMATCH_STEPS = 2 ** 20  # K: fixmatch.py --train_kimg=2^16 x 1024 images / 64 = 2^20 steps.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def classifier_defaults(config):
+  """WRN-28-2 (Oliver et al. 2018's backbone, FixMatch's for CIFAR), evaluated by k-NN and by
+  its own classifier's test top-1 (`eval/top1`)."""
+  config.model.name = "wrn_28_2"
+  config.eval.protocols = "knn,classifier"
+
+
+def constant_adam(config, lr):
+  """Adam at a constant, unscaled lr without weight decay (betas 0.9, 0.999): Mean Teacher's
+  optimiser (mean-teacher `tensorflow/mean_teacher/model.py`) and Oliver et al. 2018's, which
+  the FixMatch paper's Pseudo-Label baseline follows."""
+  config.optim.name, config.optim.lr, config.optim.lr_scaling = "adamw", lr, "none"
+  config.optim.b1, config.optim.b2, config.optim.weight_decay = 0.9, 0.999, 0.0
+  config.optim.schedule = "constant"
+
+
+def fixmatch_sgd(config, lr: float, weight_decay: float):
+  """FixMatch's optimiser (Sec. 4, App. B.1): SGD with Nesterov momentum 0.9, `lr` not scaled
+  with the batch, lr cos(7 pi k / 16 K)."""
+  config.optim.name, config.optim.nesterov, config.optim.momentum = "sgd", True, 0.9
+  config.optim.lr, config.optim.lr_scaling = lr, "none"
+  config.optim.weight_decay = weight_decay
+  config.optim.schedule = "fixmatch_cosine"
 
 
 def semi_supervised_streams(config, *, labeled_batch: int, unlabeled_ratio: int, subset: str):
@@ -198,21 +346,45 @@ def semi_supervised_streams(config, *, labeled_batch: int, unlabeled_ratio: int,
                                          batch_size=unlabeled_ratio * labeled_batch)})
 
 
-def semi_supervised_smoke(config):
-  """Seconds on CPU: digits at 16 px (their native 8 px upsampled), 100 labels, 32 labelled + 64
-  unlabelled rows, WRN-10-1 with BatchNorm momentum 0.9 (at FixMatch's 0.999 the running
-  statistics would still be their initial values after 40 steps), an EMA with a 10-step
-  horizon."""
+def classifier_smoke(config):
+  """Seconds on CPU: digits at 16 px (their native 8 px upsampled), 40 steps, WRN-10-1 with
+  BatchNorm momentum 0.9 (at FixMatch's 0.999 the running statistics would still be their
+  initial values after 40 steps), AdamW at lr 3e-3. Each config sets its streams."""
   smoke_data(config)
   config.data.image_size = 16
   config.total_steps = 40
   config.checkpoint_every = 20
-  semi_supervised_streams(config, labeled_batch=32, unlabeled_ratio=2, subset="per_class:10")
   config.model.name, config.model.batch_norm_momentum = "wrn_10_1", 0.9
-  config.eval.protocols = "knn,classifier"
   config.optim.name, config.optim.lr, config.optim.lr_scaling = "adamw", 3e-3, "none"
   config.optim.weight_decay, config.optim.warmup_steps = 0.0, 0
+
+
+def semi_supervised_smoke(config):
+  """`classifier_smoke` with 100 labels, 32 labelled + 64 unlabelled rows per step, an EMA with
+  a 10-step horizon, evaluated by k-NN and the classifier."""
+  classifier_smoke(config)
+  semi_supervised_streams(config, labeled_batch=32, unlabeled_ratio=2, subset="per_class:10")
+  config.eval.protocols = "knn,classifier"
   config.method.ema_decay = 0.9 if config.method.ema_decay else 0.0
+
+
+def semi_supervised_cifar10(config, *, total_steps: int):
+  """CIFAR-10 on WRN-28-2 for `total_steps` steps (the semi-supervised papers count steps, not
+  epochs), evaluated and checkpointed every 5000. Each config sets its streams after."""
+  cifar10_data(config)
+  config.model.name = "wrn_28_2"
+  config.epochs, config.total_steps = 0, total_steps
+  config.eval_every, config.checkpoint_every = 5000, 5000
+
+
+def classifier_imagenet(config):
+  """ImageNet-1k for a 1000-way classifier on ResNet-50 in bfloat16, the method normalising its
+  inputs with ImageNet's channel mean and std. Each config sets its streams and optimiser."""
+  imagenet_data(config)
+  resnet50_imagenet(config)
+  config.model.dtype = "bfloat16"
+  config.method.num_classes = 1000
+  config.method.mean, config.method.std = IMAGENET_MEAN, IMAGENET_STD
 
 
 def semi_supervised_cpu_budget(config):

@@ -29,22 +29,12 @@ def get_config(arg: str = "smoke"):
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
-    common.pretext_classifier_preset(config, preset)
+    common.patch_arrangement_preset(config, preset)
     if preset == "smoke":
       config.method.patch_size, config.method.gap, config.method.jitter = 8, 2, 1
-      config.method.head_hidden_dim = 256
     elif preset == "cifar10":
       config.method.patch_size, config.method.gap, config.method.jitter = 8, 2, 1
       config.method.mean, config.method.std = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
-      config.method.head_hidden_dim = 1024
-      config.optim.lr = 0.1
     elif preset == "imagenet":
-      config.batch_size = 256
-      config.epochs = 90
       config.method.patch_size, config.method.gap, config.method.jitter = 56, 28, 7
-      config.optim.lr = 0.1
-      config.optim.weight_decay = 1e-4
-      config.optim.warmup_epochs = 5
-    elif preset == "cpu":
-      config.method.head_hidden_dim = 512
   return config

@@ -56,19 +56,13 @@ def sgd(config, *, weight_decay: float) -> None:
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = distill.default_method_config()
-  config.model.name = "wrn_28_2"
-  config.eval.protocols = "knn,classifier"
+  common.classifier_defaults(config)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
     if preset == "smoke":
-      common.smoke_data(config)
-      config.data.image_size = 16       # configs/fixmatch.py:smoke's canvas (its teacher).
-      config.total_steps, config.checkpoint_every = 40, 20
+      common.classifier_smoke(config)   # configs/fixmatch.py:smoke's canvas (its teacher).
       unlabeled_stream(config, 64)
-      config.model.name, config.model.batch_norm_momentum = "wrn_10_1", 0.9
-      config.optim.name, config.optim.lr, config.optim.lr_scaling = "adamw", 3e-3, "none"
-      config.optim.weight_decay, config.optim.warmup_steps = 0.0, 0
     elif preset == "cifar10":
       common.cifar10_data(config)
       unlabeled_stream(config, 512)
@@ -76,11 +70,8 @@ def get_config(arg: str = "smoke"):
       config.epochs = 200
       sgd(config, weight_decay=5e-4)
     elif preset == "imagenet":
-      common.imagenet_data(config)
+      common.classifier_imagenet(config)
       unlabeled_stream(config, 4096)
-      config.model.name, config.model.stem, config.model.dtype = "resnet50", "imagenet", "bfloat16"
-      config.method.num_classes = 1000
-      config.method.mean, config.method.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
       config.epochs = 400
       sgd(config, weight_decay=1e-4)
     elif preset == "cpu":

@@ -28,22 +28,12 @@ import common  # noqa: E402  (configs/common.py, shared by every method's config
 from ssl_jax import config_lib  # noqa: E402
 from ssl_jax.methods import fixmatch  # noqa: E402
 
-PAPER_STEPS = 2 ** 20  # K: fixmatch.py --train_kimg=2^16 x 1024 images / 64 = 2^20 steps.
-
-
-def fixmatch_sgd(config, lr: float, weight_decay: float):
-  config.optim.name, config.optim.nesterov, config.optim.momentum = "sgd", True, 0.9
-  config.optim.lr, config.optim.lr_scaling = lr, "none"
-  config.optim.weight_decay = weight_decay
-  config.optim.schedule = "fixmatch_cosine"
-
 
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = fixmatch.default_method_config()
-  config.model.name = "wrn_28_2"
-  config.eval.protocols = "knn,classifier"
-  fixmatch_sgd(config, lr=0.03, weight_decay=5e-4)
+  common.classifier_defaults(config)
+  common.fixmatch_sgd(config, lr=0.03, weight_decay=5e-4)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "labels_4000", "imagenet",
                                              "cpu"))
@@ -52,24 +42,18 @@ def get_config(arg: str = "smoke"):
       common.semi_supervised_smoke(config)
       config.method.threshold = 0.8       # 60 steps: confident predictions come late at 0.95.
     elif preset == "cifar10":
-      common.cifar10_data(config)
+      common.semi_supervised_cifar10(config, total_steps=common.FIXMATCH_STEPS)
       common.semi_supervised_streams(config, labeled_batch=64, unlabeled_ratio=7,
                                      subset="per_class:25")
-      config.model.name = "wrn_28_2"
-      config.epochs, config.total_steps = 0, PAPER_STEPS
-      config.eval_every, config.checkpoint_every = 5000, 5000
     elif preset == "labels_4000":
       config.data.train_subset = "per_class:400"
     elif preset == "imagenet":
-      common.imagenet_data(config)
+      common.classifier_imagenet(config)
       common.semi_supervised_streams(config, labeled_batch=1024, unlabeled_ratio=5,
                                      subset="fraction:0.1")
-      config.model.name, config.model.stem, config.model.dtype = "resnet50", "imagenet", "bfloat16"
-      config.method.num_classes = 1000
       config.method.threshold, config.method.unlabeled_weight = 0.7, 10.0
       config.method.max_shift_fraction = 0.125
-      config.method.mean, config.method.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-      fixmatch_sgd(config, lr=0.1, weight_decay=3e-4)
+      common.fixmatch_sgd(config, lr=0.1, weight_decay=3e-4)
       config.optim.warmup_epochs = 5
       config.epochs = 300
     elif preset == "cpu":

@@ -27,43 +27,18 @@ from ssl_jax.methods import inpainting  # noqa: E402
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = inpainting.default_method_config()
-  config.model.name = "vit_ti4"
-  config.model.pool = "mean"   # The decoder reads the patch tokens; pool those.
-  common.vit_adamw(config, lr=1.5e-4, warmup_steps=0)
-  config.optim.b1, config.optim.b2 = 0.9, 0.95
+  common.pixel_pretext_defaults(config)   # ViT, decoder on the patch tokens, MAE's AdamW.
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
+    common.pixel_pretext_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       config.method.decoder_dim, config.method.decoder_depth = 64, 1
-      config.method.view.size = config.data.image_size
       config.method.discriminator.widths = (16, 32, 64)
-      config.optim.lr = 1.5e-3
-      config.optim.warmup_steps = 5
-    elif preset == "cifar10":
-      common.cifar10_data(config)
-      common.small_vit(config)
-      config.method.view.size = config.data.image_size
-      config.optim.lr = 1.5e-3
-      config.optim.warmup_steps = 0
-      config.optim.warmup_epochs = 10
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name = "vit_b16"
-      common.full_size_vit(config)
-      config.model.dtype = "bfloat16"
-      config.batch_size = 1024
-      config.epochs = 100
-      config.optim.lr = 1.5e-4
-      config.optim.warmup_steps = 0
-      config.optim.warmup_epochs = 10
-      config.method.view.size = 128
+      config.method.view.size = 128     # The paper's 128x128 input with a 64x64 central hole.
       config.method.decoder_dim, config.method.decoder_depth = 512, 4
       config.method.decoder_heads = 16
       d = config.method.discriminator  # DCGAN on 128x128: 64, 32, 16, 8, 4 pixels, 4x4 head.
       d.widths, d.kernel_sizes, d.paddings = (64, 128, 256, 512, 512), (4,) * 5, (1,) * 5
-    elif preset == "cpu":
-      common.cpu_budget(config)
   return config

@@ -28,24 +28,11 @@ def get_config(arg: str = "smoke"):
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
-    common.pretext_classifier_preset(config, preset)
-    if preset == "smoke":
+    common.patch_arrangement_preset(config, preset)
+    if preset in ("smoke", "cifar10"):
       config.method.num_permutations = 100
       config.method.cell_size, config.method.tile_size = 10, 8
-      config.method.head_hidden_dim = 256
-    elif preset == "cifar10":
-      config.method.num_permutations = 100
-      config.method.cell_size, config.method.tile_size = 10, 8
-      config.method.head_hidden_dim = 1024
-      config.optim.lr = 0.1
-    elif preset == "imagenet":
-      config.batch_size = 256          # x 9 tiles = 2304 crops a step (the paper's batch 256).
-      config.epochs = 90
+    elif preset == "imagenet":       # Batch 256 x 9 tiles = 2304 crops a step.
       config.method.num_permutations = 1000
       config.method.cell_size, config.method.tile_size = 75, 64
-      config.optim.lr = 0.1
-      config.optim.weight_decay = 1e-4
-      config.optim.warmup_epochs = 5
-    elif preset == "cpu":
-      config.method.head_hidden_dim = 512
   return config

@@ -36,11 +36,8 @@ def consistency_for(labels: int) -> float:
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = mean_teacher.default_method_config()
-  config.model.name = "wrn_28_2"
-  config.eval.protocols = "knn,classifier"
-  config.optim.name, config.optim.lr, config.optim.lr_scaling = "adamw", 3e-3, "none"
-  config.optim.b1, config.optim.b2, config.optim.weight_decay = 0.9, 0.999, 0.0
-  config.optim.schedule = "constant"
+  common.classifier_defaults(config)
+  common.constant_adam(config, lr=3e-3)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "labels_4000", "imagenet",
                                              "cpu"))
@@ -49,24 +46,18 @@ def get_config(arg: str = "smoke"):
       common.semi_supervised_smoke(config)
       config.method.consistency_weight, config.method.rampup_steps = 1.0, 30
     elif preset == "cifar10":
-      common.cifar10_data(config)
+      common.semi_supervised_cifar10(config, total_steps=150_000)
       common.semi_supervised_streams(config, labeled_batch=50, unlabeled_ratio=1,
                                      subset="per_class:25")
-      config.model.name = "wrn_28_2"
       config.method.consistency_weight = consistency_for(250)
       config.method.rampup_steps = 40_000
-      config.epochs, config.total_steps = 0, 150_000
-      config.eval_every, config.checkpoint_every = 5000, 5000
     elif preset == "labels_4000":
       config.data.train_subset = "per_class:400"
       config.method.consistency_weight = consistency_for(4000)
     elif preset == "imagenet":
-      common.imagenet_data(config)
+      common.classifier_imagenet(config)
       common.semi_supervised_streams(config, labeled_batch=256, unlabeled_ratio=3,
                                      subset="fraction:0.1")
-      config.model.name, config.model.stem, config.model.dtype = "resnet50", "imagenet", "bfloat16"
-      config.method.num_classes = 1000
-      config.method.mean, config.method.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
       config.method.input_noise = 0.0
       config.method.consistency_weight = 10.0
       config.method.rampup_steps = 5 * 1250   # ~5 epochs of 1.28M images at 1024 per step.

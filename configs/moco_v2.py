@@ -25,20 +25,14 @@ from ssl_jax.methods import moco, views  # noqa: E402
 def get_config(arg: str = "digits"):
   config = config_lib.base_config()
   config.method = moco.default_moco_v2_config()
-  config.model.name = "resnet50"
-  config.model.stem = "imagenet"
-  config.optim.name = "sgd"
-  config.optim.lr = 0.03                # x batch_size / 256.
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 1e-4
-  config.optim.warmup_epochs = 0.0
+  common.resnet50_imagenet(config)
+  common.momentum_sgd(config, lr=0.03)
   config.batch_size = 256
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
+    common.resnet_era_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 128, 64
       # A few dozen steps: a 4-batch queue holds only real keys after 4 steps, and a faster
       # key encoder follows the query encoder within the run (0.999 would barely move it).
@@ -50,18 +44,12 @@ def get_config(arg: str = "digits"):
       # the paper's recipe.
       config.method.view = augment.view_config(size=config.data.image_size,
                                                crop_scale=(0.5, 1.0))
-      common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "digits":
-      common.digits_data(config)
-      common.small_vit(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
       config.method.queue_size = 4096
       config.method.momentum = 0.99
       config.method.view = views.moco_v2_view(config.data.image_size, blur_prob=0.0)
-      common.vit_adamw(config, lr=1e-3, warmup_steps=50)
     elif preset == "cifar10":
-      common.cifar10_data(config)
-      config.model.name, config.model.stem = "resnet18", "cifar"
       # The official MoCo CIFAR-10 demo (facebookresearch/moco colab): queue 4096, momentum
       # 0.99, wd 5e-4, lr 0.06 at batch 512 (= 0.03 x B/256). The 10k-image split makes a
       # 65536 queue hold every image several times over, so its own stale keys as negatives.
@@ -70,15 +58,11 @@ def get_config(arg: str = "digits"):
       config.method.view = views.moco_v2_view(32, blur_prob=0.0)
       config.optim.weight_decay = 5e-4
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name, config.model.stem = "resnet50", "imagenet"
-      config.model.dtype = "bfloat16"
       config.batch_size = 256
       config.epochs = 200
       config.method.queue_size = 65536
       config.method.momentum = 0.999
       config.method.view = views.moco_v2_view(224)
     elif preset == "cpu":
-      common.cpu_budget(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
   return config

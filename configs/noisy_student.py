@@ -61,8 +61,7 @@ def self_training_streams(config, *, labeled_batch: int, unlabeled_ratio: int, s
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = noisy_student.default_method_config()
-  config.model.name = "wrn_28_2"
-  config.eval.protocols = "knn,classifier"
+  common.classifier_defaults(config)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
@@ -72,15 +71,10 @@ def get_config(arg: str = "smoke"):
       self_training_streams(config, labeled_batch=32, unlabeled_ratio=2, subset="per_class:10",
                             per_class=150)
     elif preset == "cifar10":
-      common.cifar10_data(config)
+      common.semi_supervised_cifar10(config, total_steps=common.FIXMATCH_STEPS)
       self_training_streams(config, labeled_batch=64, unlabeled_ratio=7, subset="per_class:25",
                             per_class=1000)
-      config.model.name = "wrn_28_2"
-      config.optim.name, config.optim.nesterov, config.optim.momentum = "sgd", True, 0.9
-      config.optim.lr, config.optim.lr_scaling, config.optim.weight_decay = 0.03, "none", 5e-4
-      config.optim.schedule = "fixmatch_cosine"
-      config.epochs, config.total_steps = 0, 2 ** 20
-      config.eval_every, config.checkpoint_every = 5000, 5000
+      common.fixmatch_sgd(config, lr=0.03, weight_decay=5e-4)
     elif preset == "imagenet":
       common.imagenet_data(config)
       self_training_streams(config, labeled_batch=256, unlabeled_ratio=14,
@@ -89,7 +83,7 @@ def get_config(arg: str = "smoke"):
       common.full_size_vit(config)
       config.method.num_classes = 1000
       config.method.ema_decay = 0.9999
-      config.method.mean, config.method.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+      config.method.mean, config.method.std = common.IMAGENET_MEAN, common.IMAGENET_STD
       # DeiT's 5e-4 x 1024 / 512, not scaled further with the 3840-row step.
       common.vit_adamw(config, lr=1e-3, warmup_steps=0)
       config.optim.lr_scaling, config.optim.warmup_epochs = "none", 5

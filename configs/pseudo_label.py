@@ -29,11 +29,8 @@ from ssl_jax.methods import pseudo_label  # noqa: E402
 def get_config(arg: str = "smoke"):
   config = config_lib.base_config()
   config.method = pseudo_label.default_method_config()
-  config.model.name = "wrn_28_2"
-  config.eval.protocols = "knn,classifier"
-  config.optim.name, config.optim.lr, config.optim.lr_scaling = "adamw", 3e-4, "none"
-  config.optim.b1, config.optim.b2, config.optim.weight_decay = 0.9, 0.999, 0.0
-  config.optim.schedule = "constant"
+  common.classifier_defaults(config)
+  common.constant_adam(config, lr=3e-4)
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "labels_4000", "imagenet",
                                              "cpu"))
@@ -44,23 +41,17 @@ def get_config(arg: str = "smoke"):
       config.method.unlabeled_weight = 1.0
       config.method.rampup_start_epochs, config.method.rampup_end_epochs = 0.0, 1.0
     elif preset == "cifar10":
-      common.cifar10_data(config)
+      common.semi_supervised_cifar10(config, total_steps=500_000)
       common.semi_supervised_streams(config, labeled_batch=100, unlabeled_ratio=1,
                                      subset="per_class:25")
-      config.model.name = "wrn_28_2"
       config.method.threshold, config.method.unlabeled_weight = 0.95, 1.0
       config.method.rampup_start_epochs, config.method.rampup_end_epochs = 0.0, 100.0
-      config.epochs, config.total_steps = 0, 500_000
-      config.eval_every, config.checkpoint_every = 5000, 5000
     elif preset == "labels_4000":
       config.data.train_subset = "per_class:400"
     elif preset == "imagenet":
-      common.imagenet_data(config)
+      common.classifier_imagenet(config)
       common.semi_supervised_streams(config, labeled_batch=1024, unlabeled_ratio=5,
                                      subset="fraction:0.1")
-      config.model.name, config.model.stem, config.model.dtype = "resnet50", "imagenet", "bfloat16"
-      config.method.num_classes = 1000
-      config.method.mean, config.method.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
       config.method.rampup_start_epochs, config.method.rampup_end_epochs = 0.0, 10.0
       config.optim.name, config.optim.nesterov, config.optim.momentum = "sgd", True, 0.9
       config.optim.lr, config.optim.weight_decay = 0.1, 3e-4

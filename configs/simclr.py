@@ -32,37 +32,24 @@ from ssl_jax.methods import simclr, views  # noqa: E402
 def get_config(arg: str = "digits"):
   config = config_lib.base_config()
   config.method = simclr.default_method_config()
-  config.model.name = "resnet50"
-  config.model.stem = "imagenet"
-  config.optim.name = "lars"
-  config.optim.lr = 0.3                 # x batch_size / 256 (Appendix B.1).
-  config.optim.weight_decay = 1e-6
-  config.optim.momentum = 0.9
-  config.optim.trust_coefficient = 1e-3
-  config.optim.warmup_epochs = 10
+  common.resnet50_imagenet(config)
+  common.lars(config, lr=0.3, weight_decay=1e-6)
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu",
                                              "simclrv2"))
   for preset in sorted(presets, key=lambda p: p == "simclrv2"):  # stable: simclrv2 last
+    common.resnet_era_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 128, 64
       config.method.temperature = 0.2
       config.method.view = views.simclr_view(config.data.image_size, strength=0.5,
                                              blur_prob=0.0)
-      common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "digits":
-      common.digits_data(config)
-      common.small_vit(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
       config.method.temperature = 0.2
       config.method.view = views.simclr_view(config.data.image_size, strength=0.5,
                                              blur_prob=0.0)
-      common.vit_adamw(config, lr=1e-3, warmup_steps=50)
     elif preset == "cifar10":
-      common.cifar10_data(config)
-      config.model.name, config.model.stem = "resnet18", "cifar"
       # Appendix B.9: colour strength 0.5, no blur, T = 0.5. LARS with solo-learn's CIFAR
       # settings (trust coefficient 0.02, base lr 0.4, wd 1e-5): at batch 256 the ImageNet
       # trust coefficient 1e-3 moves the weights too little for a 100-epoch run.
@@ -73,15 +60,11 @@ def get_config(arg: str = "digits"):
       config.optim.weight_decay = 1e-5
       config.optim.warmup_epochs = 10
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name, config.model.stem = "resnet50", "imagenet"
-      config.model.dtype = "bfloat16"
       config.batch_size = 4096
       config.epochs = 1000              # 100 in the paper's ablations.
       config.method.temperature = 0.1
       config.method.view = views.simclr_view(224)
     elif preset == "cpu":
-      common.cpu_budget(config)
       config.method.proj_hidden_dim, config.method.proj_dim = 512, 128
       config.method.temperature = 0.2   # solo-learn's CIFAR value; 0.5 needs longer runs.
     elif preset == "simclrv2":

@@ -26,13 +26,8 @@ from ssl_jax.methods import byol, views  # noqa: E402
 def get_config(arg: str = "digits"):
   config = config_lib.base_config()
   config.method = byol.default_simsiam_config()
-  config.model.name = "resnet50"
-  config.model.stem = "imagenet"
-  config.optim.name = "sgd"
-  config.optim.lr = 0.05                # x batch_size / 256.
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 1e-4
-  config.optim.warmup_epochs = 0.0
+  common.resnet50_imagenet(config)
+  common.momentum_sgd(config, lr=0.05)
   config.batch_size = 512
   # `--fix-pred-lr` (Sec. 4.4): the predictor trains at the constant peak lr, no warm-up.
   config.optim.groups.predictor = ml_collections.ConfigDict(
@@ -40,35 +35,24 @@ def get_config(arg: str = "digits"):
 
   presets = common.parse_presets(arg, known=("smoke", "digits", "cifar10", "imagenet", "cpu"))
   for preset in presets:
+    common.resnet_era_preset(config, preset)
     if preset == "smoke":
-      common.smoke_data(config)
-      common.tiny_vit(config)
       config.method.proj_hidden_dim = config.method.proj_dim = 128
       config.method.pred_hidden_dim = 32
       config.method.view = views.moco_v2_view(config.data.image_size, blur_prob=0.0)
-      common.vit_adamw(config, lr=2e-3, warmup_steps=5)
     elif preset == "digits":
-      common.digits_data(config)
-      common.small_vit(config)
       config.method.proj_hidden_dim = config.method.proj_dim = 512
       config.method.pred_hidden_dim = 128
       config.method.view = views.moco_v2_view(config.data.image_size, blur_prob=0.0)
-      common.vit_adamw(config, lr=1e-3, warmup_steps=50)
     elif preset == "cifar10":
-      common.cifar10_data(config)
-      config.model.name, config.model.stem = "resnet18", "cifar"
       config.method.view = views.moco_v2_view(32, blur_prob=0.0)
       config.optim.lr = 0.03
       config.optim.weight_decay = 5e-4
     elif preset == "imagenet":
-      common.imagenet_data(config)
-      config.model.name, config.model.stem = "resnet50", "imagenet"
-      config.model.dtype = "bfloat16"
       config.batch_size = 512
       config.epochs = 100
       config.method.view = views.moco_v2_view(224)
     elif preset == "cpu":
-      common.cpu_budget(config)
       config.method.proj_hidden_dim = config.method.proj_dim = 512
       config.method.pred_hidden_dim = 128
       # The paper's optimiser instead of the budget's AdamW: SGD with momentum 0.9 and the
