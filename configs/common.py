@@ -179,23 +179,21 @@ def mae_cpu_budget(config):
   config.eval.protocols = "knn,linear,fewshot"
 
 
-def pretext_classifier_defaults(config):
-  """ResNet-50 trained with SGD (momentum 0.9, wd 5e-4): the classification pretext papers'
-  optimiser (RotNet, jigsaw, context prediction), which the ImageNet and CIFAR presets keep."""
-  resnet50_imagenet(config)
-  config.optim.name = "sgd"
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 5e-4
-
-
-def pretext_classifier_preset(config, preset):
-  """The backbone and data of the classification pretext tasks' shared presets (the
-  task-specific keys are set by each config): smoke = tiny ViT with AdamW on digits; cifar10 =
-  ResNet-18 with the CIFAR stem; imagenet = ResNet-50 in bfloat16; cpu = `cpu_budget`."""
+# ----------------------------------------------------------------------------- ResNet-era methods
+def resnet_era_preset(config, preset):
+  """The data and backbone of the shared presets of the methods whose papers train ResNets
+  (SimCLR, BYOL, MoCo v2, SimSiam; RotNet, jigsaw, context prediction), each config setting its
+  heads, views, batch, epochs and optimiser: smoke and digits (CPU minutes) = the tiny and the
+  small ViT, trained with AdamW as ViTs are (`vit_adamw`); cifar10 = ResNet-18 with the CIFAR
+  stem; imagenet = the papers' ResNet-50 in bfloat16; cpu = `cpu_budget`."""
   if preset == "smoke":
     smoke_data(config)
     tiny_vit(config)
     vit_adamw(config, lr=2e-3, warmup_steps=5)
+  elif preset == "digits":
+    digits_data(config)
+    small_vit(config)
+    vit_adamw(config, lr=1e-3, warmup_steps=50)
   elif preset == "cifar10":
     cifar10_data(config)
     config.model.name, config.model.stem = "resnet18", "cifar"
@@ -207,14 +205,23 @@ def pretext_classifier_preset(config, preset):
     cpu_budget(config)
 
 
+def pretext_classifier_defaults(config):
+  """ResNet-50 trained with SGD (momentum 0.9, wd 5e-4): the classification pretext papers'
+  optimiser (RotNet, jigsaw, context prediction), which the ImageNet and CIFAR presets keep."""
+  resnet50_imagenet(config)
+  config.optim.name = "sgd"
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+
+
 def patch_arrangement_preset(config, preset):
-  """`pretext_classifier_preset` for context prediction and jigsaw, which classify how patches
+  """`resnet_era_preset` for context prediction and jigsaw, which classify how patches
   of one image are arranged from their concatenated features through an MLP head (Doersch et
   al. 2015's late-fusion fc layers; Noroozi & Favaro 2016's fc7-fc8): the head's width (256
   smoke, 1024 cifar10, 512 cpu), lr 0.1 on CIFAR-10, and on ImageNet the papers' batch 256
   with the usual ResNet-50 SGD schedule (Goyal et al. 2017: lr 0.1, wd 1e-4, 5 warm-up
   epochs, 90 epochs) in place of their AlexNet schedules. Each config sets its patch geometry."""
-  pretext_classifier_preset(config, preset)
+  resnet_era_preset(config, preset)
   if preset == "smoke":
     config.method.head_hidden_dim = 256
   elif preset == "cifar10":
@@ -271,31 +278,6 @@ def pixel_pretext_preset(config, preset):
     config.optim.lr = 1.5e-4
     config.optim.warmup_steps = 0
     config.optim.warmup_epochs = 10
-  elif preset == "cpu":
-    cpu_budget(config)
-
-
-# ----------------------------------------------------------------------------- two-view ResNet era
-def resnet_era_preset(config, preset):
-  """The data and backbone of the shared presets of SimCLR, BYOL, MoCo v2 and SimSiam (each
-  config sets its heads, views, batch, epochs and optimiser): smoke and digits = the tiny and
-  the small ViT, trained with AdamW as ViTs are (`vit_adamw`); cifar10 = ResNet-18 with the
-  CIFAR stem; imagenet = the papers' ResNet-50 in bfloat16; cpu = `cpu_budget`."""
-  if preset == "smoke":
-    smoke_data(config)
-    tiny_vit(config)
-    vit_adamw(config, lr=2e-3, warmup_steps=5)
-  elif preset == "digits":
-    digits_data(config)
-    small_vit(config)
-    vit_adamw(config, lr=1e-3, warmup_steps=50)
-  elif preset == "cifar10":
-    cifar10_data(config)
-    config.model.name, config.model.stem = "resnet18", "cifar"
-  elif preset == "imagenet":
-    imagenet_data(config)
-    resnet50_imagenet(config)
-    config.model.dtype = "bfloat16"
   elif preset == "cpu":
     cpu_budget(config)
 
@@ -397,3 +379,27 @@ def semi_supervised_cpu_budget(config):
   config.eval.protocols = "knn,linear,classifier"
   # A 200-step run: an EMA with a ~20-step horizon (0.999 would still be the initialisation).
   config.method.ema_decay = 0.95 if config.method.ema_decay else 0.0
+
+
+def semi_supervised_preset(config, preset, *, cifar10_steps: int, cifar10_batch: int,
+                           cifar10_mu: int, imagenet_batch: int, imagenet_mu: int):
+  """The shared presets of Pseudo-Label, Mean Teacher and FixMatch, with each method's batch B
+  (labelled rows per step), mu (unlabelled rows per labelled one) and CIFAR-10 length; each
+  config sets its method keys and ImageNet optimiser after. smoke = `semi_supervised_smoke`;
+  cifar10 = `semi_supervised_cifar10` with 250 labels; labels_4000 = 4000 labels instead (after
+  cifar10); imagenet = `classifier_imagenet` with 10% of the labels; cpu =
+  `semi_supervised_cpu_budget`."""
+  if preset == "smoke":
+    semi_supervised_smoke(config)
+  elif preset == "cifar10":
+    semi_supervised_cifar10(config, total_steps=cifar10_steps)
+    semi_supervised_streams(config, labeled_batch=cifar10_batch, unlabeled_ratio=cifar10_mu,
+                            subset="per_class:25")
+  elif preset == "labels_4000":
+    config.data.train_subset = "per_class:400"
+  elif preset == "imagenet":
+    classifier_imagenet(config)
+    semi_supervised_streams(config, labeled_batch=imagenet_batch, unlabeled_ratio=imagenet_mu,
+                            subset="fraction:0.1")
+  elif preset == "cpu":
+    semi_supervised_cpu_budget(config)

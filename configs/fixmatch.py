@@ -38,24 +38,15 @@ def get_config(arg: str = "smoke"):
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "labels_4000", "imagenet",
                                              "cpu"))
   for preset in presets:
+    common.semi_supervised_preset(config, preset, cifar10_steps=common.FIXMATCH_STEPS,
+                                  cifar10_batch=64, cifar10_mu=7,
+                                  imagenet_batch=1024, imagenet_mu=5)
     if preset == "smoke":
-      common.semi_supervised_smoke(config)
       config.method.threshold = 0.8       # 60 steps: confident predictions come late at 0.95.
-    elif preset == "cifar10":
-      common.semi_supervised_cifar10(config, total_steps=common.FIXMATCH_STEPS)
-      common.semi_supervised_streams(config, labeled_batch=64, unlabeled_ratio=7,
-                                     subset="per_class:25")
-    elif preset == "labels_4000":
-      config.data.train_subset = "per_class:400"
     elif preset == "imagenet":
-      common.classifier_imagenet(config)
-      common.semi_supervised_streams(config, labeled_batch=1024, unlabeled_ratio=5,
-                                     subset="fraction:0.1")
       config.method.threshold, config.method.unlabeled_weight = 0.7, 10.0
       config.method.max_shift_fraction = 0.125
       common.fixmatch_sgd(config, lr=0.1, weight_decay=3e-4)
       config.optim.warmup_epochs = 5
       config.epochs = 300
-    elif preset == "cpu":
-      common.semi_supervised_cpu_budget(config)
   return config

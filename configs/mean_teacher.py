@@ -42,22 +42,17 @@ def get_config(arg: str = "smoke"):
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "labels_4000", "imagenet",
                                              "cpu"))
   for preset in presets:
+    common.semi_supervised_preset(config, preset, cifar10_steps=150_000,
+                                  cifar10_batch=50, cifar10_mu=1,
+                                  imagenet_batch=256, imagenet_mu=3)
     if preset == "smoke":
-      common.semi_supervised_smoke(config)
       config.method.consistency_weight, config.method.rampup_steps = 1.0, 30
     elif preset == "cifar10":
-      common.semi_supervised_cifar10(config, total_steps=150_000)
-      common.semi_supervised_streams(config, labeled_batch=50, unlabeled_ratio=1,
-                                     subset="per_class:25")
       config.method.consistency_weight = consistency_for(250)
       config.method.rampup_steps = 40_000
     elif preset == "labels_4000":
-      config.data.train_subset = "per_class:400"
       config.method.consistency_weight = consistency_for(4000)
     elif preset == "imagenet":
-      common.classifier_imagenet(config)
-      common.semi_supervised_streams(config, labeled_batch=256, unlabeled_ratio=3,
-                                     subset="fraction:0.1")
       config.method.input_noise = 0.0
       config.method.consistency_weight = 10.0
       config.method.rampup_steps = 5 * 1250   # ~5 epochs of 1.28M images at 1024 per step.
@@ -66,6 +61,5 @@ def get_config(arg: str = "smoke"):
       config.optim.schedule, config.optim.warmup_epochs = "cosine", 2
       config.epochs = 60
     elif preset == "cpu":
-      common.semi_supervised_cpu_budget(config)
       config.method.rampup_steps = 50
   return config

@@ -35,29 +35,22 @@ def get_config(arg: str = "smoke"):
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "labels_4000", "imagenet",
                                              "cpu"))
   for preset in presets:
+    common.semi_supervised_preset(config, preset, cifar10_steps=500_000,
+                                  cifar10_batch=100, cifar10_mu=1,
+                                  imagenet_batch=1024, imagenet_mu=5)
     if preset == "smoke":
-      common.semi_supervised_smoke(config)
       config.method.threshold = 0.8       # 60 steps: confident predictions come late at 0.95.
       config.method.unlabeled_weight = 1.0
       config.method.rampup_start_epochs, config.method.rampup_end_epochs = 0.0, 1.0
     elif preset == "cifar10":
-      common.semi_supervised_cifar10(config, total_steps=500_000)
-      common.semi_supervised_streams(config, labeled_batch=100, unlabeled_ratio=1,
-                                     subset="per_class:25")
       config.method.threshold, config.method.unlabeled_weight = 0.95, 1.0
       config.method.rampup_start_epochs, config.method.rampup_end_epochs = 0.0, 100.0
-    elif preset == "labels_4000":
-      config.data.train_subset = "per_class:400"
     elif preset == "imagenet":
-      common.classifier_imagenet(config)
-      common.semi_supervised_streams(config, labeled_batch=1024, unlabeled_ratio=5,
-                                     subset="fraction:0.1")
       config.method.rampup_start_epochs, config.method.rampup_end_epochs = 0.0, 10.0
       config.optim.name, config.optim.nesterov, config.optim.momentum = "sgd", True, 0.9
       config.optim.lr, config.optim.weight_decay = 0.1, 3e-4
       config.optim.schedule, config.optim.warmup_epochs = "cosine", 5
       config.epochs = 300
     elif preset == "cpu":
-      common.semi_supervised_cpu_budget(config)
       config.method.rampup_start_epochs, config.method.rampup_end_epochs = 0.0, 1.0
   return config

@@ -35,7 +35,7 @@ def get_config(arg: str = "smoke"):
 
   presets = common.parse_presets(arg, known=("smoke", "cifar10", "imagenet", "cpu"))
   for preset in presets:
-    common.pretext_classifier_preset(config, preset)
+    common.resnet_era_preset(config, preset)
     if preset == "smoke":
       # 16 px views: the four rotations make 4x the crops, so a quarter of the tokens each.
       config.method.view = augment.view_config(size=16, crop_scale=(0.5, 1.0))
