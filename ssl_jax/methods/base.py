@@ -79,17 +79,30 @@ class Method(abc.ABC):
   # Helpers shared by subclasses.
 
   @property
+  def _m(self) -> ml_collections.ConfigDict:
+    """`config.method`: the method's own hyper-parameters."""
+    return self.config.method
+
+  @property
+  def eval_recipe(self) -> ml_collections.ConfigDict | None:
+    """The training view recipe whose size and normalisation evaluation reuses: `method.view`
+    (multi-crop methods override it with their first global crop); None: the data canvas size
+    and the default normalisation."""
+    return self.config.method.view if "view" in self.config.method else None
+
+  @property
   def eval_image_size(self) -> int:
     """Evaluation resolution: the training view's size (ViT position embeddings fix it)."""
-    if "view" in self.config.method:
-      return int(self.config.method.view.size)
-    return int(self.config.data.image_size)
+    recipe = self.eval_recipe
+    return int(recipe.size) if recipe is not None else int(self.config.data.image_size)
 
   def eval_inputs(self, images: jax.Array) -> jax.Array:
     """Deterministic evaluation preprocessing: canvas -> float, normalised."""
-    view = self.config.method.view if "view" in self.config.method else augment.view_config()
-    return augment.eval_view(images, size=self.eval_image_size, mean=tuple(view.mean),
-                             std=tuple(view.std))
+    recipe = self.eval_recipe
+    if recipe is None:
+      recipe = augment.view_config()
+    return augment.eval_view(images, size=self.eval_image_size, mean=tuple(recipe.mean),
+                             std=tuple(recipe.std))
 
 
 def compute_dtype(model_config) -> jnp.dtype:

@@ -78,20 +78,9 @@ class BYOL(joint_embedding.JointEmbeddingMethod):
                           total_steps=self.total_steps, schedule="cosine")
 
   def loss(self, params, state, batch, rng, step):
-    view_rng, online_rng, target_rng = jax.random.split(rng, 3)
-    images = self.make_views(view_rng, batch)
-    online_out, batch_stats = self.forward_views(
-        self.online_network, params, state["batch_stats"], images, online_rng)
-    target = state["teacher"]
-    target_out, target_batch_stats = self.forward_views(
-        self.teacher_network, target["params"], target["batch_stats"], images, target_rng)
-    predictions = [out["predictions"] for out in online_out]
-    targets = [jax.lax.stop_gradient(out["projections"]) for out in target_out]
+    predictions, targets, metrics, new_state = self.predict_teacher_projections(
+        params, state, batch, rng, step)
     loss = distillation.byol_loss(predictions[0], predictions[1], targets[0], targets[1])
-    new_state = {**state, "batch_stats": batch_stats,
-                 "teacher": {**target, "batch_stats": target_batch_stats}}
-    metrics = {"collapse_std": collapse.embedding_std(online_out[0]["projections"]),
-               "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)
 
 

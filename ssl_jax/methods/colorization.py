@@ -28,7 +28,7 @@ import ml_collections
 from ssl_jax import colorspace
 from ssl_jax.data import augment
 from ssl_jax.losses import colorization as color_losses
-from ssl_jax.methods import base
+from ssl_jax.methods import patch_grid
 from ssl_jax.models import registry
 
 
@@ -75,7 +75,7 @@ def lightness_input(lab: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Colorization(base.Method):
+class Colorization(patch_grid.PatchGridMethod):
 
   def __post_init__(self):
     m = self.config.method
@@ -89,14 +89,6 @@ class Colorization(base.Method):
       raise ValueError(
           f"method.output_stride={m.output_stride} must divide the patch size {self.patch_size}, "
           f"which must divide method.view.size={self.image_size}.")
-
-  @property
-  def patch_size(self) -> int:
-    return registry.parse_vit_name(self.config.model.name)[1]
-
-  @property
-  def image_size(self) -> int:
-    return int(self.config.method.view.size)
 
   @property
   def bins(self) -> jax.Array:

@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import collapse, attention, optim
-from ssl_jax.data import augment
 from ssl_jax.losses import distillation, schedules
 from ssl_jax.methods import base, views
 from ssl_jax.models import heads, registry, vit
@@ -53,21 +52,11 @@ class EncoderWithHead(nn.Module):
   head: nn.Module
 
   def __call__(self, crop_groups: Sequence[jax.Array], *, train: bool) -> jax.Array:
-    features = [self.encoder(images, train=train)["pooled"] for images in crop_groups]
-    features = jnp.concatenate(features, axis=0) if len(features) > 1 else features[0]
-    return self.head(features, train=train)
+    return self.head(views.encode_crop_groups(self.encoder, crop_groups, train=train),
+                     train=train)
 
   def encode(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     return self.encoder(images, train=train)
-
-
-def dino_view(size: int, crop_scale: tuple[float, float], blur_prob: float,
-              solarize_prob: float = 0.0) -> ml_collections.ConfigDict:
-  """One crop recipe of `DataAugmentationDINO` (flip, jitter p=0.8, grayscale p=0.2, blur ...)."""
-  return augment.view_config(
-      size=size, crop_scale=crop_scale, flip_prob=0.5, jitter_prob=0.8, brightness=0.4,
-      contrast=0.4, saturation=0.2, hue=0.1, grayscale_prob=0.2, blur_prob=blur_prob,
-      blur_sigma=(0.1, 2.0), solarize_prob=solarize_prob)
 
 
 def default_method_config() -> ml_collections.ConfigDict:
@@ -89,9 +78,9 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.student_temp = 0.1
   m.center_momentum = 0.9
   # Multi-crop: the two global recipes and the local one.
-  m.global_view_1 = dino_view(224, (0.4, 1.0), blur_prob=1.0)
-  m.global_view_2 = dino_view(224, (0.4, 1.0), blur_prob=0.1, solarize_prob=0.2)
-  m.local_view = dino_view(96, (0.05, 0.4), blur_prob=0.5)
+  m.global_view_1 = views.dino_view(224, (0.4, 1.0), blur_prob=1.0)
+  m.global_view_2 = views.dino_view(224, (0.4, 1.0), blur_prob=0.1, solarize_prob=0.2)
+  m.local_view = views.dino_view(96, (0.05, 0.4), blur_prob=0.5)
   m.local_crops_number = 8
   # Attention maps at eval time: keep this fraction of each head's mass (visualize_attention.py).
   m.attention_keep_mass = 0.6
@@ -101,10 +90,6 @@ def default_method_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class DINO(base.Method):
   """The DINO method (Method contract). State: {'teacher', 'center'[, 'batch_stats']}."""
-
-  @property
-  def _m(self) -> ml_collections.ConfigDict:
-    return self.config.method
 
   def _network(self, drop_path_rate: float | None = None) -> EncoderWithHead:
     model_config = ml_collections.ConfigDict(self.config.model.to_dict())
@@ -144,13 +129,8 @@ class DINO(base.Method):
     return 2 + int(self._m.local_crops_number)
 
   @property
-  def eval_image_size(self) -> int:
-    return int(self._m.global_view_1.size)
-
-  def eval_inputs(self, images: jax.Array) -> jax.Array:
-    view = self._m.global_view_1
-    return augment.eval_view(images, size=self.eval_image_size, mean=tuple(view.mean),
-                             std=tuple(view.std))
+  def eval_recipe(self) -> ml_collections.ConfigDict:
+    return self._m.global_view_1
 
   def make_crops(self, rng: jax.Array, images: jax.Array) -> list[jax.Array]:
     """[global 1, global 2, local crops...] as normalised float arrays, crop-major."""

@@ -30,7 +30,7 @@ import ml_collections
 
 from ssl_jax.data import augment
 from ssl_jax.losses import perceptual, reconstruction
-from ssl_jax.methods import base
+from ssl_jax.methods import patch_grid
 from ssl_jax.models import discriminators, registry, vit
 
 REGIONS = ("center", "random")
@@ -110,7 +110,7 @@ def hole_mask(rng: jax.Array, batch: int, size: int, *, region: str,
 
 
 @dataclasses.dataclass(frozen=True)
-class Inpainting(base.Method):
+class Inpainting(patch_grid.PatchGridMethod):
 
   def __post_init__(self):
     m = self.config.method
@@ -122,14 +122,6 @@ class Inpainting(base.Method):
                        f"{m.adversarial_weight}.")
     hole_mask(jax.random.PRNGKey(0), 1, self.image_size, region=m.region,
               fraction=m.region_fraction)  # Fails early with a clear message.
-
-  @property
-  def patch_size(self) -> int:
-    return registry.parse_vit_name(self.config.model.name)[1]
-
-  @property
-  def image_size(self) -> int:
-    return int(self.config.method.view.size)
 
   @property
   def adversarial(self) -> bool:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax.data import augment
+from ssl_jax import collapse
 from ssl_jax.methods import base, ema, views
 from ssl_jax.models import registry
 
@@ -93,13 +93,8 @@ class JointEmbeddingMethod(base.Method):
                      "or `view1` and `view2` (an asymmetric pair); see ssl_jax/methods/views.py.")
 
   @property
-  def eval_image_size(self) -> int:
-    return int(self.view_recipes[0].size)
-
-  def eval_inputs(self, images: jax.Array) -> jax.Array:
-    view = self.view_recipes[0]
-    return augment.eval_view(images, size=self.eval_image_size, mean=tuple(view.mean),
-                             std=tuple(view.std))
+  def eval_recipe(self) -> ml_collections.ConfigDict:
+    return self.view_recipes[0]
 
   def make_views(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
     return views.two_views(rng, batch["image"], *self.view_recipes)
@@ -126,6 +121,32 @@ class JointEmbeddingMethod(base.Method):
                                             jax.random.fold_in(rng, index))
       outputs.append(out)
     return outputs, batch_stats
+
+  def predict_teacher_projections(
+      self, params: Any, state: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
+      step: jax.Array) -> tuple[list[jax.Array], list[jax.Array], base.Metrics, Any]:
+    """The forward of BYOL (Grill et al. 2020, Sec. 3.1) and MoCo v3 (Chen, Xie & He 2021,
+    Alg. 1), whose steps differ only in the loss that pairs its outputs: both views through the
+    online network and through the EMA teacher, each view separately.
+
+    Returns the online predictions and the teacher's stop-gradient projections, one per view,
+    the metrics both log (`collapse_std` of the online projections of view 1, the teacher
+    momentum) and the state with both networks' updated BatchNorm statistics.
+    """
+    view_rng, online_rng, teacher_rng = jax.random.split(rng, 3)
+    images = self.make_views(view_rng, batch)
+    online_out, batch_stats = self.forward_views(
+        self.online_network, params, state["batch_stats"], images, online_rng)
+    teacher = state["teacher"]
+    teacher_out, teacher_batch_stats = self.forward_views(
+        self.teacher_network, teacher["params"], teacher["batch_stats"], images, teacher_rng)
+    predictions = [out["predictions"] for out in online_out]
+    targets = [jax.lax.stop_gradient(out["projections"]) for out in teacher_out]
+    new_state = {**state, "batch_stats": batch_stats,
+                 "teacher": {**teacher, "batch_stats": teacher_batch_stats}}
+    metrics = {"collapse_std": collapse.embedding_std(online_out[0]["projections"]),
+               "momentum": self.ema_teacher.momentum(step)}
+    return predictions, targets, metrics, new_state
 
   def init(self, rng, batch):
     del batch

@@ -30,20 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import collapse
-from ssl_jax.data import augment
 from ssl_jax.losses import sigreg
 from ssl_jax.methods import base, joint_embedding, views
 from ssl_jax.models import heads, registry
-
-
-def lejepa_view(size: int, crop_scale: tuple[float, float], blur_prob: float,
-                solarize_prob: float = 0.0) -> ml_collections.ConfigDict:
-  """A LeJEPA crop: random resized crop, flip, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8,
-  grayscale p=0.2, blur, solarize: the DINO-style pipeline the paper builds on (unverified)."""
-  return augment.view_config(
-      size=size, crop_scale=crop_scale, flip_prob=0.5, jitter_prob=0.8, brightness=0.4,
-      contrast=0.4, saturation=0.2, hue=0.1, grayscale_prob=0.2, blur_prob=blur_prob,
-      blur_sigma=(0.1, 2.0), solarize_prob=solarize_prob)
 
 
 def default_method_config() -> ml_collections.ConfigDict:
@@ -57,10 +46,11 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.proj_layers = 3
   m.proj_hidden_dim = 2048
   m.proj_dim = 128
-  # Multi-crop: `num_global_views` crops of `global_view`, `num_local_views` of `local_view`.
-  m.global_view = lejepa_view(224, (0.3, 1.0), blur_prob=0.5, solarize_prob=0.2)
+  # Multi-crop: `num_global_views` crops of `global_view`, `num_local_views` of `local_view`;
+  # each a DINO crop recipe, the pipeline the paper builds on (its scales unverified).
+  m.global_view = views.dino_view(224, (0.3, 1.0), blur_prob=0.5, solarize_prob=0.2)
   m.num_global_views = 2
-  m.local_view = lejepa_view(96, (0.05, 0.3), blur_prob=0.5)
+  m.local_view = views.dino_view(96, (0.05, 0.3), blur_prob=0.5)
   m.num_local_views = 6
   return m
 
@@ -86,9 +76,8 @@ class MultiViewEmbedding(nn.Module):
 
   def __call__(self, crop_groups: Sequence[jax.Array], *, train: bool) -> jax.Array:
     """[sum of group sizes, proj_dim] projections, in the order of the groups."""
-    features = [self.encoder(images, train=train)["pooled"] for images in crop_groups]
-    features = jnp.concatenate(features, axis=0) if len(features) > 1 else features[0]
-    return self.projector(features, train=train)
+    return self.projector(views.encode_crop_groups(self.encoder, crop_groups, train=train),
+                          train=train)
 
   def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     return self.encoder(images, train=train)["pooled"]
@@ -97,10 +86,6 @@ class MultiViewEmbedding(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class LeJEPA(base.Method):
   """LeJEPA (Method contract). State: {'batch_stats'} (projector BN, ResNet BN)."""
-
-  @property
-  def _m(self) -> ml_collections.ConfigDict:
-    return self.config.method
 
   @property
   def network(self) -> MultiViewEmbedding:
@@ -127,13 +112,8 @@ class LeJEPA(base.Method):
     return int(self._m.num_global_views) + int(self._m.num_local_views)
 
   @property
-  def eval_image_size(self) -> int:
-    return int(self._m.global_view.size)
-
-  def eval_inputs(self, images: jax.Array) -> jax.Array:
-    view = self._m.global_view
-    return augment.eval_view(images, size=self.eval_image_size, mean=tuple(view.mean),
-                             std=tuple(view.std))
+  def eval_recipe(self) -> ml_collections.ConfigDict:
+    return self._m.global_view
 
   def init(self, rng, batch):
     del batch

@@ -24,7 +24,7 @@ import numpy as np
 
 from ssl_jax.data import augment, masking
 from ssl_jax.losses import reconstruction
-from ssl_jax.methods import base
+from ssl_jax.methods import base, patch_grid
 from ssl_jax.models import registry, vit
 
 
@@ -106,16 +106,8 @@ def default_method_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass(frozen=True)
-class MAE(base.Method):
+class MAE(patch_grid.PatchGridMethod):
   """The MAE method (Method contract); the model is built once from the config."""
-
-  @property
-  def patch_size(self) -> int:
-    return registry.parse_vit_name(self.config.model.name)[1]
-
-  @property
-  def image_size(self) -> int:
-    return int(self.config.method.view.size)
 
   @property
   def num_patches(self) -> int:

@@ -152,18 +152,7 @@ class MoCoV3(joint_embedding.JointEmbeddingMethod):
 
   def loss(self, params, state, batch, rng, step):
     temperature = joint_embedding.check_temperature(self.config.method.temperature)
-    view_rng, online_rng, teacher_rng = jax.random.split(rng, 3)
-    images = self.make_views(view_rng, batch)
-    online_out, batch_stats = self.forward_views(
-        self.online_network, params, state["batch_stats"], images, online_rng)
-    teacher = state["teacher"]
-    teacher_out, teacher_batch_stats = self.forward_views(
-        self.teacher_network, teacher["params"], teacher["batch_stats"], images, teacher_rng)
-    queries = [out["predictions"] for out in online_out]
-    keys = [jax.lax.stop_gradient(out["projections"]) for out in teacher_out]
+    queries, keys, metrics, new_state = self.predict_teacher_projections(
+        params, state, batch, rng, step)
     loss = contrastive.moco_v3_loss(queries[0], queries[1], keys[0], keys[1], temperature)
-    new_state = {**state, "batch_stats": batch_stats,
-                 "teacher": {**teacher, "batch_stats": teacher_batch_stats}}
-    metrics = {"collapse_std": collapse.embedding_std(online_out[0]["projections"]),
-               "momentum": self.ema_teacher.momentum(step)}
     return loss, (metrics, new_state)

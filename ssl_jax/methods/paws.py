@@ -51,9 +51,7 @@ class PAWSNetwork(nn.Module):
   predictor: nn.Module | None
 
   def __call__(self, groups, *, train: bool) -> tuple[jax.Array, jax.Array]:
-    features = [self.encoder(images, train=train)["pooled"] for images in groups]
-    features = jnp.concatenate(features, axis=0) if len(features) > 1 else features[0]
-    h = self.projector(features, train=train)
+    h = self.projector(views.encode_crop_groups(self.encoder, groups, train=train), train=train)
     z = self.predictor(h, train=train) if self.predictor is not None else h
     return h.astype(jnp.float32), z.astype(jnp.float32)
 
@@ -94,10 +92,6 @@ class PAWS(base.Method):
   """The PAWS method (Method contract). State: {'batch_stats'} when the network has BN."""
 
   @property
-  def _m(self) -> ml_collections.ConfigDict:
-    return self.config.method
-
-  @property
   def support_classes(self) -> int:
     declared = self.config.data.get("streams") or {}
     missing = [name for name in (UNLABELED, SUPPORT) if name not in declared]
@@ -122,13 +116,8 @@ class PAWS(base.Method):
                        predictor=predictor)
 
   @property
-  def eval_image_size(self) -> int:
-    return int(self._m.global_view.size)
-
-  def eval_inputs(self, images: jax.Array) -> jax.Array:
-    view = self._m.global_view
-    return augment.eval_view(images, size=self.eval_image_size, mean=tuple(view.mean),
-                             std=tuple(view.std))
+  def eval_recipe(self) -> ml_collections.ConfigDict:
+    return self._m.global_view
 
   def _variables(self, params, state):
     variables = {"params": params}

@@ -56,8 +56,7 @@ class SwAVNetwork(nn.Module):
   prototypes: heads.Prototypes
 
   def __call__(self, crop_groups, *, train: bool) -> tuple[jax.Array, jax.Array]:
-    features = [self.encoder(images, train=train)["pooled"] for images in crop_groups]
-    features = jnp.concatenate(features, axis=0) if len(features) > 1 else features[0]
+    features = views.encode_crop_groups(self.encoder, crop_groups, train=train)
     embeddings = contrastive.l2_normalize(
         self.projector(features, train=train).astype(jnp.float32))
     return embeddings, self.prototypes(embeddings).astype(jnp.float32)
@@ -118,10 +117,6 @@ class SwAV(base.Method):
   """The SwAV method (Method contract). State: {'queue'[, 'batch_stats']}."""
 
   @property
-  def _m(self) -> ml_collections.ConfigDict:
-    return self.config.method
-
-  @property
   def network(self) -> SwAVNetwork:
     m = self._m
     if m.nmb_prototypes <= m.feat_dim:
@@ -174,13 +169,8 @@ class SwAV(base.Method):
     return steps.epochs_to_steps(int(self._m.epoch_queue_starts), self.steps_per_epoch)
 
   @property
-  def eval_image_size(self) -> int:
-    return int(self._m.global_view.size)
-
-  def eval_inputs(self, images: jax.Array) -> jax.Array:
-    view = self._m.global_view
-    return augment.eval_view(images, size=self.eval_image_size, mean=tuple(view.mean),
-                             std=tuple(view.std))
+  def eval_recipe(self) -> ml_collections.ConfigDict:
+    return self._m.global_view
 
   def make_crops(self, rng: jax.Array, images: jax.Array) -> list[jax.Array]:
     return views.multi_crop_views(rng, images, [tuple(r) for r in self.crop_recipes])

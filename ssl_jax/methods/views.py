@@ -14,6 +14,9 @@ step. The numbers are the official implementations' torchvision pipelines:
   (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2; blur p=1.0 / 0.1 and solarize p=0 / 0.2 for
   view 1 / view 2. MoCo v3 (facebookresearch/moco-v3 `main_moco.py`, `--crop-min 0.08`) uses the
   same two recipes.
+* DINO (Caron et al. 2021; facebookresearch/dino `DataAugmentationDINO`): flip, jitter
+  (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, blur sigma 0.1-2 and solarize per crop; LeJEPA
+  builds on the same pipeline.
 
 `augment` applies flip before the colour ops while torchvision flips last; flipping commutes
 with per-pixel ops and with a symmetric blur kernel, so the distribution of views is the same.
@@ -24,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -84,6 +88,16 @@ def moco_v3_views(size: int, *, blur_probs: Sequence[float] = (1.0, 0.1),
                     crop_scale=crop_scale)
 
 
+def dino_view(size: int, crop_scale: tuple[float, float], blur_prob: float,
+              solarize_prob: float = 0.0) -> View:
+  """One crop recipe of DINO's `DataAugmentationDINO` (flip, jitter p=0.8, grayscale p=0.2,
+  blur, solarize), also LeJEPA's crops (the DINO-style pipeline its paper builds on)."""
+  return augment.view_config(
+      size=size, crop_scale=crop_scale, flip_prob=0.5, jitter_prob=0.8, brightness=0.4,
+      contrast=0.4, saturation=0.2, hue=0.1, grayscale_prob=0.2, blur_prob=blur_prob,
+      blur_sigma=(0.1, 2.0), solarize_prob=solarize_prob)
+
+
 def two_views(rng: chex.PRNGKey, images: jax.Array, view1: View,
               view2: View) -> tuple[jax.Array, jax.Array]:
   """Two independently drawn views of every image (same recipe twice, or an asymmetric pair).
@@ -136,3 +150,18 @@ def group_by_resolution(crops: Sequence[jax.Array]) -> list[jax.Array]:
     else:
       groups.append([crop])
   return [jnp.concatenate(g, axis=0) if len(g) > 1 else g[0] for g in groups]
+
+
+def encode_crop_groups(encoder: nn.Module, crop_groups: Sequence[jax.Array], *,
+                       train: bool) -> jax.Array:
+  """[sum of group sizes, D] pooled backbone features of every crop, in the groups' order.
+
+  The multi-crop forward of DINO's `MultiCropWrapper` (facebookresearch/dino `utils.py`), SwAV's
+  `ResNet.forward` (facebookresearch/swav `src/resnet50.py`) and PAWS's (suncet
+  `src/resnet.py`), and LeJEPA's: the backbone once per resolution group (`group_by_resolution`),
+  the features concatenated so the head that follows runs once on all of them (one set of
+  BatchNorm statistics over every crop). Call it from the owning module's `__call__`, so the
+  encoder's params stay under the owner's 'encoder'.
+  """
+  features = [encoder(images, train=train)["pooled"] for images in crop_groups]
+  return jnp.concatenate(features, axis=0) if len(features) > 1 else features[0]
