@@ -11,6 +11,7 @@ import functools
 import math
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,6 +162,34 @@ def test_multi_crop_views_static_shapes_one_compile_and_per_recipe_keys():
     views.multi_crop_views(RNG, images, [])
   with pytest.raises(ValueError, match="count >= 1"):
     views.multi_crop_views(RNG, images, [(global_1, 0)])
+
+
+def test_encode_crop_groups_one_encoder_call_per_group_concatenated_in_order():
+  class MeanPoolEncoder(nn.Module):  # Any resolution -> {'pooled': [B, 4]}, one param set.
+    @nn.compact
+    def __call__(self, images, *, train):
+      del train
+      return {"pooled": nn.Dense(4)(images.mean(axis=(1, 2)))}
+
+  class Owner(nn.Module):
+    encoder: nn.Module
+
+    def __call__(self, crop_groups, *, train):
+      return views.encode_crop_groups(self.encoder, crop_groups, train=train)
+
+  rs = np.random.default_rng(0)
+  groups = [jnp.asarray(rs.normal(size=(6, 16, 16, 3)), jnp.float32),
+            jnp.asarray(rs.normal(size=(9, 8, 8, 3)), jnp.float32)]
+  owner = Owner(encoder=MeanPoolEncoder())
+  variables = owner.init(RNG, groups, train=False)
+  assert list(variables["params"]) == ["encoder"]  # The owner's name: checkpoints still load.
+  encoder_vars = {"params": variables["params"]["encoder"]}
+  expected = np.concatenate([MeanPoolEncoder().apply(encoder_vars, g, train=False)["pooled"]
+                             for g in groups])
+  out = owner.apply(variables, groups, train=False)
+  assert out.shape == (15, 4)
+  np.testing.assert_array_equal(out, expected)  # Group 0's rows first, then group 1's.
+  np.testing.assert_array_equal(owner.apply(variables, groups[1:], train=False), expected[6:])
 
 
 # ----------------------------------------------------------------------------- EMA teacher
