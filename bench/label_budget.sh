@@ -15,8 +15,8 @@
 # the markdown table is printed at the end and written to ROOT/table.md.
 #
 # METHODS="fixmatch paws" runs some rows only (simclr is pretrained for the simclr and distill
-# rows); STEPS=N changes every run's length (200: the budget of docs/results.md; 2: a check of
-# this script). A 200-step run takes about 10 minutes on a 2-core CPU.
+# rows); STEPS=N changes every run's length (200: the presets' budget; 100: the table in
+# docs/results.md, 4-17 minutes a row on 2 shared cores; 2: a check of this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
