@@ -50,7 +50,8 @@ def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> d
   batch = _random_batch(setup, config)
   state = setup.init_state()
   hardware = flops.count_flops(setup.step, state, batch)
-  model_flops = trainer.model_flops_per_step(config, total_steps=1000, steps_per_epoch=100)
+  model_flops = trainer.model_flops_per_step(config, total_steps=1000, steps_per_epoch=100,
+                                             setup=setup)
   start = time.perf_counter()
   compiled = setup.step.lower(state, batch).compile()
   compile_seconds = time.perf_counter() - start

@@ -103,54 +103,55 @@ def _matmul_flops(eqn) -> float:
   return 0.0
 
 
-def _count(jaxpr, module_names, inside: bool) -> StepFlops:
-  networks = total = 0.0
+def _tally(jaxpr, keys_of: Callable, module_names: frozenset[str],
+           inside: bool) -> tuple[float, dict]:
+  """(all matmul FLOPs, FLOPs per key) of `jaxpr`; `keys_of(eqn, inside_a_module)` names the
+  keys a matmul equation counts under. A `scan` body counts times its length, a `cond` its
+  costliest branch (one branch runs)."""
+  total, per_key = 0.0, {}
+
+  def add(flops: float, keyed: dict, times: float = 1.0) -> None:
+    nonlocal total
+    total += times * flops
+    for key, value in keyed.items():
+      per_key[key] = per_key.get(key, 0.0) + times * value
+
   for eqn in jaxpr.eqns:
     eqn_inside = inside or _in_module(eqn, module_names)
+    if eqn.primitive.name == "cond":
+      add(*max((_tally(branch.jaxpr, keys_of, module_names, eqn_inside)
+                for branch in eqn.params["branches"]), key=lambda tally: tally[0]))
+      continue
     flops = _matmul_flops(eqn)
-    if eqn.primitive.name == "cond":  # One branch runs: count the costliest.
-      inner = max((_count(branch.jaxpr, module_names, eqn_inside)
-                   for branch in eqn.params["branches"]), key=lambda c: c.all)
-      flops_networks, flops_all = inner.networks, inner.all
-    else:
-      times = float(eqn.params["length"]) if eqn.primitive.name == "scan" else 1.0
-      flops_networks, flops_all = (flops if eqn_inside else 0.0), flops
-      for sub in jex_core.jaxprs_in_params(eqn.params):
-        inner = _count(sub, module_names, eqn_inside)
-        flops_networks += times * inner.networks
-        flops_all += times * inner.all
-    networks += flops_networks
-    total += flops_all
-  return StepFlops(networks=networks, all=total)
+    if flops:
+      add(flops, dict.fromkeys(keys_of(eqn, eqn_inside), flops))
+    times = float(eqn.params["length"]) if eqn.primitive.name == "scan" else 1.0
+    for sub in jex_core.jaxprs_in_params(eqn.params):
+      add(*_tally(sub, keys_of, module_names, eqn_inside), times=times)
+  return total, per_key
 
 
 def count_flops(fn: Callable, *args, **kwargs) -> StepFlops:
   """Matmul FLOPs of `fn(*args, **kwargs)` from its jaxpr (tracing only: no compile, no device
   work; arrays may be `jax.ShapeDtypeStruct`s)."""
-  closed = jax.make_jaxpr(fn)(*args, **kwargs)
-  return _count(closed.jaxpr, _flax_module_names(), inside=False)
+  total, per_key = _tally(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr,
+                          lambda eqn, inside: ("networks",) if inside else (),
+                          _flax_module_names(), inside=False)
+  return StepFlops(networks=per_key.get("networks", 0.0), all=total)
 
 
 def matmul_flops_by_dtype(fn: Callable, *args, **kwargs) -> dict[str, float]:
   """Matmul FLOPs of `fn(*args)` per operand and result dtype, e.g. "bfloat16 x bfloat16 ->
-  float32": which precision the step's matmuls run in (a float32 operand runs a GPU's or TPU's
-  matmul units at a fraction of their bf16 rate). A `scan` body counts times its length; every
-  `cond` branch counts (the train steps' conds hold no matmuls)."""
-  counts: dict[str, float] = {}
+  float32", largest first: which precision the step's matmuls run in (a float32 operand runs a
+  GPU's or TPU's matmul units at a fraction of their bf16 rate)."""
+  def dtypes(eqn, inside):
+    del inside
+    lhs, rhs = (v.aval.dtype for v in eqn.invars[:2])
+    return (f"{lhs} x {rhs} -> {eqn.outvars[0].aval.dtype}",)
 
-  def walk(jaxpr, times: float) -> None:
-    for eqn in jaxpr.eqns:
-      flops = _matmul_flops(eqn)
-      if flops:
-        lhs, rhs = (v.aval.dtype for v in eqn.invars[:2])
-        key = f"{lhs} x {rhs} -> {eqn.outvars[0].aval.dtype}"
-        counts[key] = counts.get(key, 0.0) + times * flops
-      length = float(eqn.params["length"]) if eqn.primitive.name == "scan" else 1.0
-      for sub in jex_core.jaxprs_in_params(eqn.params):
-        walk(sub, times * length)
-
-  walk(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr, 1.0)
-  return dict(sorted(counts.items(), key=lambda item: -item[1]))
+  _, per_key = _tally(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr, dtypes, frozenset(),
+                      inside=False)
+  return dict(sorted(per_key.items(), key=lambda item: -item[1]))
 
 
 def model_flops_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -133,7 +133,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   peak_flops = flops.bf16_peak_flops(mesh.devices.flat[0].device_kind)
   model_flops = trainer.model_flops_per_step(
       config, total_steps=total_steps, steps_per_epoch=steps_per_epoch, devices=devices,
-      num_classes=data.num_classes) if peak_flops else None
+      num_classes=data.num_classes, setup=setup) if peak_flops else None
   data_iter = prefetch.DevicePrefetcher(data.iterator, mesh, config.data.prefetch)
   protocols = runner.parse_protocols(config.eval.protocols)
   evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None

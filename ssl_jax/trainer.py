@@ -164,11 +164,17 @@ def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoc
 
 def model_flops_per_step(config: ml_collections.ConfigDict, *, total_steps: int,
                          steps_per_epoch: int, devices: Sequence[jax.Device] | None = None,
-                         num_classes: int | None = None) -> float:
+                         num_classes: int | None = None,
+                         setup: TrainSetup | None = None) -> float:
   """The networks' forward + backward matmul FLOPs of one step of `config`: `mfu_model`'s
   numerator (ssl_jax/flops.py), counted from shapes alone on the step of the same config with
-  remat off and plain attention (`flops.model_flops_config`). Tracing only: no compile."""
-  setup = build(flops.model_flops_config(config), total_steps=total_steps,
-                steps_per_epoch=steps_per_epoch, devices=devices, num_classes=num_classes)
+  remat off and plain attention (`flops.model_flops_config`). Tracing only: no compile.
+
+  `setup`, the caller's own `build(config, ...)`, is counted as it is when `config` already has
+  remat off and plain attention (the default), so start-up builds no second setup."""
+  counted = flops.model_flops_config(config)
+  if setup is None or counted.to_dict() != config.to_dict():
+    setup = build(counted, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                  devices=devices, num_classes=num_classes)
   return flops.count_flops(setup.step, setup.abstract_state,
                            streams.batch_shapes(setup.config)).networks

@@ -116,6 +116,11 @@ def test_model_flops_of_a_step_do_not_depend_on_the_levers():
   plain = count(_mae_smoke(batch_size=8))
   levers = {"model.remat": "full", "model.scan_blocks": "True", "model.attention_impl": "xla"}
   assert count(_mae_smoke(batch_size=8, **levers)) == plain > 0
+  # The run's own setup is counted as it is, or rebuilt without the levers.
+  for config in (_mae_smoke(batch_size=8), _mae_smoke(batch_size=8, **levers)):
+    setup = trainer.build(config, total_steps=10, steps_per_epoch=5)
+    assert trainer.model_flops_per_step(config, total_steps=10, steps_per_epoch=5,
+                                        setup=setup) == plain
 
 
 @pytest.mark.slow  # A whole (tiny) run: ~15 s of CPU.

@@ -70,20 +70,14 @@ def _dtype(model_config) -> Any:
 def vit_speed_options(model_config) -> dict[str, Any]:
   """The ViT speed levers of `model_config` (same params and math, other speed): attention_impl
   ('plain'), remat ('none'), scan_blocks (False), as `VisionTransformer` / `vit.run_blocks`
-  keyword arguments; validated here so a typo fails before any step."""
+  keyword arguments. Values are checked by `config_lib.validate` and again by the modules."""
   attention_impl = model_config.get("attention_impl", "plain")
-  if attention_impl not in vit.ATTENTION_IMPLS:
-    raise ValueError(f"model.attention_impl must be one of {vit.ATTENTION_IMPLS}, got "
-                     f"{attention_impl!r}.")
   if attention_impl == "cudnn" and jax.default_backend() != "gpu":
     # Same math as 'xla': a GPU run's checkpoint still evaluates and exports on CPU or TPU.
     logging.warning("model.attention_impl='cudnn' needs an NVIDIA GPU; on %s using 'xla' "
                     "(the same attention, fused by XLA).", jax.default_backend())
     attention_impl = "xla"
-  remat = model_config.get("remat", "none")
-  if remat not in vit.REMAT_CHOICES:
-    raise ValueError(f"model.remat must be one of {vit.REMAT_CHOICES}, got {remat!r}.")
-  return dict(attention_impl=attention_impl, remat=remat,
+  return dict(attention_impl=attention_impl, remat=model_config.get("remat", "none"),
               scan_blocks=bool(model_config.get("scan_blocks", False)))
 
 
