@@ -140,8 +140,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_state = setup.init_state()
 
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          train_state, setup.shardings)
+  abstract, _ = setup.step_arg_shapes()
   start_step, restored = checkpointer.restore_latest(abstract, data_iter)
   if start_step is not None:
     logging.info("Resuming from checkpoint step %d in %s", start_step, checkpointer.directory)

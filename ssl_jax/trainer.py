@@ -104,6 +104,19 @@ class TrainSetup:
     return self.global_batch(streams.zeros_batch(self.config,
                                                  process_count=jax.process_count()))
 
+  def step_arg_shapes(self) -> tuple[Any, Any]:
+    """The step's (state, batch) as ShapeDtypeStructs in the shardings the loop passes.
+
+    Tracing `step` on these (e.g. to count FLOPs) fills jit's trace cache for the loop's first
+    call: jax keys that cache on shardings too, so unsharded shapes would trace the step twice
+    (a ViT-B step: seconds of start-up)."""
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         self.abstract_state, self.shardings)
+    batch_sharding = parallel.batch_sharding(self.mesh)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
+                         streams.batch_shapes(self.config))
+    return state, batch
+
   def init_state(self) -> Any:
     """A fresh train state, initialised directly in its shardings."""
     return jax.jit(self._init_fn, out_shardings=self.shardings)(self.init_rng,
@@ -176,5 +189,4 @@ def model_flops_per_step(config: ml_collections.ConfigDict, *, total_steps: int,
   if setup is None or counted.to_dict() != config.to_dict():
     setup = build(counted, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                   devices=devices, num_classes=num_classes)
-  return flops.count_flops(setup.step, setup.abstract_state,
-                           streams.batch_shapes(setup.config)).networks
+  return flops.count_flops(setup.step, *setup.step_arg_shapes()).networks
