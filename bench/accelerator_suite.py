@@ -130,6 +130,8 @@ LEVERS = {
     "remat_dots": ("model.remat=dots_saveable",),
     "scan_blocks": ("model.scan_blocks=True",),
     "scan_cudnn": ("model.scan_blocks=True", "model.attention_impl=cudnn"),
+    "token_onehot": ("model.token_gather=onehot",),
+    "cudnn_onehot": ("model.attention_impl=cudnn", "model.token_gather=onehot"),
 }
 CPU_LEVERS = ("attention_xla", "remat_dots", "scan_blocks")  # cuDNN attention needs a GPU.
 

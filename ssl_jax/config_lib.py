@@ -244,6 +244,7 @@ _CHOICES = {
     "model.stem": ("imagenet", "cifar"),
     "model.attention_impl": ("plain", "xla", "cudnn"),  # vit.ATTENTION_IMPLS
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
+    "model.token_gather": ("take", "onehot"),  # masking.TOKEN_GATHERS
     "optim.name": ("adamw", "lars", "lamb", "sgd", "larc_sgd"),  # optim.OPTIMIZERS
     "optim.lr_scaling": ("linear", "none"),
     "optim.schedule": ("cosine", "constant", "fixmatch_cosine"),
@@ -437,6 +438,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_impl = "plain"  # plain | xla | cudnn (jax.nn.dot_product_attention)
   c.model.remat = "none"        # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   c.model.scan_blocks = False   # One lax.scan over the blocks: compile time.
+  c.model.token_gather = "take"  # take | onehot: MAE's visible-patch gather as a matmul.
 
   c.method = ml_collections.ConfigDict()
   c.method.name = ""

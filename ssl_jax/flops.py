@@ -156,12 +156,12 @@ def matmul_flops_by_dtype(fn: Callable, *args, **kwargs) -> dict[str, float]:
 
 def model_flops_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` whose step does the model's FLOPs once: no remat recomputation, plain
-  attention (the fused kernels hide their matmuls in custom calls). Same math as `config`."""
+  attention (the fused kernels hide their matmuls in custom calls), MAE's token gather as a
+  gather (its one-hot matmul moves data, it is no model work). Same math as `config`."""
   config = ml_collections.ConfigDict(config.to_dict())
-  if "remat" in config.model:
-    config.model.remat = "none"
-  if "attention_impl" in config.model:
-    config.model.attention_impl = "plain"
+  for key, plain in (("remat", "none"), ("attention_impl", "plain"), ("token_gather", "take")):
+    if key in config.model:
+      config.model[key] = plain
   return config
 
 

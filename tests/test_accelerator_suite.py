@@ -94,6 +94,15 @@ def test_the_float32_cifar10_preset_is_measured_in_bfloat16():
   assert "model.dtype=bfloat16" in simclr.overrides
 
 
+@pytest.mark.parametrize("lever", sorted(suite.LEVERS))
+def test_every_lever_is_a_valid_override_of_the_lever_config(lever):
+  from ssl_jax import config_lib
+  config = config_lib.load_config(suite.full_sizes().lever_config)
+  config.lock()
+  config_lib.apply_overrides(config, list(suite.LEVERS[lever]))
+  config_lib.validate(config)
+
+
 def test_unknown_lever_is_a_one_line_error():
   with pytest.raises(SystemExit, match="unknown lever.*'flash'.*levers: attention_xla"):
     suite.main(["--smoke", "--stages", "levers", "--levers", "flash"])

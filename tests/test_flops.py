@@ -114,7 +114,8 @@ def _mae_smoke(**overrides):
 def test_model_flops_of_a_step_do_not_depend_on_the_levers():
   count = lambda config: trainer.model_flops_per_step(config, total_steps=10, steps_per_epoch=5)
   plain = count(_mae_smoke(batch_size=8))
-  levers = {"model.remat": "full", "model.scan_blocks": "True", "model.attention_impl": "xla"}
+  levers = {"model.remat": "full", "model.scan_blocks": "True", "model.attention_impl": "xla",
+            "model.token_gather": "onehot"}
   assert count(_mae_smoke(batch_size=8, **levers)) == plain > 0
   # The run's own setup is counted as it is, or rebuilt without the levers.
   for config in (_mae_smoke(batch_size=8), _mae_smoke(batch_size=8, **levers)):

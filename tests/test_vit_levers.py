@@ -1,5 +1,5 @@
-"""ViT speed levers (model.attention_impl, model.remat, model.scan_blocks): same params, same
-outputs and gradients as the plain path on CPU; attention maps, timm export and the MAE loss
+"""ViT speed levers (model.attention_impl, model.remat, model.scan_blocks, model.token_gather):
+same params, same outputs and gradients as the plain path on CPU; attention maps, timm export and the MAE loss
 unchanged; bad values rejected with the valid ones."""
 
 import jax
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import attention, config_lib
+from ssl_jax.data import masking
 from ssl_jax.interop import timm as timm_interop
 from ssl_jax.methods import build_method
 from ssl_jax.models import registry, vit
@@ -89,6 +90,43 @@ def test_timm_export_of_a_scanned_encoder_has_the_plain_keys():
   assert shapes[0] == shapes[1] and shapes[1]["blocks.1.attn.qkv.weight"] == (96, 32)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_onehot_token_gather_equals_take_in_values_and_gradients(dtype):
+  tokens = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 6)).astype(dtype)
+  ids = jax.vmap(lambda k: jax.random.permutation(k, 10)[:4])(
+      jax.random.split(jax.random.PRNGKey(1), 3))
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 6)).astype(dtype)
+  results = {}
+  for impl in masking.TOKEN_GATHERS:
+    out, vjp = jax.vjp(lambda t, impl=impl: masking.select_tokens(t, ids, impl), tokens)
+    results[impl] = (out, vjp(cotangent)[0])
+  np.testing.assert_array_equal(np.asarray(results["take"][0], np.float32),
+                                np.asarray(tokens, np.float32)[np.arange(3)[:, None], ids])
+  for a, b in zip(results["onehot"], results["take"]):
+    assert a.dtype == b.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  with pytest.raises(ValueError, match="take"):
+    masking.select_tokens(tokens, ids, "scatter")
+
+
+def test_mae_with_onehot_token_gather_has_the_plain_loss_and_gradients():
+  # Encoder (visible patches) and decoder (unshuffle) both gather with the lever.
+  config = config_lib.load_config("configs/mae.py:smoke")
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8),
+           "label": np.zeros((4,), np.int32)}
+  results = []
+  for token_gather in masking.TOKEN_GATHERS:
+    config.model.token_gather = token_gather
+    method = build_method(config)
+    params, state = method.init(jax.random.PRNGKey(0), batch)
+    loss_fn = lambda p: method.loss(p, state, batch, jax.random.PRNGKey(1), jnp.int32(0))[0]
+    results.append(jax.jit(jax.value_and_grad(loss_fn))(params))
+  (loss, grads), (onehot_loss, onehot_grads) = results
+  np.testing.assert_allclose(onehot_loss, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               onehot_grads, grads)
+
+
 @pytest.mark.slow
 def test_mae_loss_with_every_lever_equals_the_plain_loss():
   config = config_lib.load_config("configs/mae.py:smoke")
@@ -96,7 +134,8 @@ def test_mae_loss_with_every_lever_equals_the_plain_loss():
   batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8),
            "label": np.zeros((4,), np.int32)}
   results = []
-  for levers in ({}, dict(attention_impl="xla", remat="full", scan_blocks=True)):
+  for levers in ({}, dict(attention_impl="xla", remat="full", scan_blocks=True,
+                          token_gather="onehot")):
     config.model.update(levers)
     method = build_method(config)
     params, state = method.init(jax.random.PRNGKey(0), batch)
@@ -110,7 +149,8 @@ def test_mae_loss_with_every_lever_equals_the_plain_loss():
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("model.remat", "dots", "model.remat"), ("model.attention_impl", "flash", "attention_impl")])
+    ("model.remat", "dots", "model.remat"), ("model.attention_impl", "flash", "attention_impl"),
+    ("model.token_gather", "scatter", "token_gather")])
 def test_bad_lever_values_name_the_valid_ones(key, value, match):
   config = config_lib.load_config("configs/mae.py:smoke")
   config.lock()

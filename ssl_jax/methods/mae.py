@@ -41,6 +41,7 @@ class MAEDecoder(nn.Module):
   attention_impl: str = "plain"
   remat: str = "none"
   scan_blocks: bool = False
+  token_gather: str = "take"
 
   @nn.compact
   def __call__(self, encoded: jax.Array, ids_restore: jax.Array | None, *,
@@ -55,7 +56,7 @@ class MAEDecoder(nn.Module):
       mask_tokens = jnp.broadcast_to(mask_token.astype(x.dtype),
                                      (batch, self.num_patches - num_visible, self.hidden_size))
       patches = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
-      patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
+      patches = masking.select_tokens(patches, ids_restore, self.token_gather)
       x = jnp.concatenate([x[:, :1], patches], axis=1)
     grid = int(round(self.num_patches ** 0.5))
     pos = np.reshape(vit.sincos_pos_embed_2d(self.hidden_size, grid, True),

@@ -69,7 +69,7 @@ def _dtype(model_config) -> Any:
 
 def vit_speed_options(model_config) -> dict[str, Any]:
   """The ViT speed levers of `model_config` (same params and math, other speed): attention_impl
-  ('plain'), remat ('none'), scan_blocks (False), as `VisionTransformer` / `vit.run_blocks`
+  ('plain'), remat ('none'), scan_blocks (False), token_gather ('take'), as `VisionTransformer` / `vit.run_blocks`
   keyword arguments. Values are checked by `config_lib.validate` and again by the modules."""
   attention_impl = model_config.get("attention_impl", "plain")
   if attention_impl == "cudnn" and jax.default_backend() != "gpu":
@@ -78,7 +78,8 @@ def vit_speed_options(model_config) -> dict[str, Any]:
                     "(the same attention, fused by XLA).", jax.default_backend())
     attention_impl = "xla"
   return dict(attention_impl=attention_impl, remat=model_config.get("remat", "none"),
-              scan_blocks=bool(model_config.get("scan_blocks", False)))
+              scan_blocks=bool(model_config.get("scan_blocks", False)),
+              token_gather=model_config.get("token_gather", "take"))
 
 
 def build_encoder(model_config) -> nn.Module:
@@ -86,8 +87,8 @@ def build_encoder(model_config) -> nn.Module:
 
   Keys read (others ignored, missing ones take the default): name; dtype ('float32');
   ViT: pool ('cls'), class_token (True), pos_embed ('learn'), drop_path_rate (0.0), hidden_size /
-  depth / num_heads (0: the variant's own), attention_impl / remat / scan_blocks
-  (`vit_speed_options`); ResNet: stem ('imagenet'); Wide ResNet:
+  depth / num_heads (0: the variant's own), attention_impl / remat / scan_blocks /
+  token_gather (`vit_speed_options`); ResNet: stem ('imagenet'); Wide ResNet:
   batch_norm_momentum (0.999, FixMatch's; short runs need less, or the running statistics stay
   at their init), drop_path_rate (0.0).
   """

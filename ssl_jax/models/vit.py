@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax.data import masking
+
 Dtype = Any
 
 LAYER_NORM_EPSILON = 1e-6
@@ -342,6 +344,8 @@ class VisionTransformer(nn.Module):
     attention_impl: 'plain' | 'xla' | 'cudnn' (`Attention`).
     remat: 'none' or a `REMAT_POLICIES` name, per block (`run_blocks`).
     scan_blocks: run the blocks as one `lax.scan` (`run_blocks`); same params, same outputs.
+    token_gather: how `keep_ids` picks the visible patches, 'take' | 'onehot'
+      (`masking.select_tokens`); same outputs.
   """
   patch_size: int
   hidden_size: int
@@ -357,6 +361,7 @@ class VisionTransformer(nn.Module):
   attention_impl: str = "plain"
   remat: str = "none"
   scan_blocks: bool = False
+  token_gather: str = "take"
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -447,7 +452,7 @@ class VisionTransformer(nn.Module):
         raise ValueError(f"keep_ids has batch {keep_ids.shape[0]} but images have {batch}.")
       if not jnp.issubdtype(keep_ids.dtype, jnp.integer):
         raise ValueError(f"keep_ids must be integer patch indices, got dtype {keep_ids.dtype}.")
-      x = jnp.take_along_axis(x, keep_ids[:, :, None], axis=1)
+      x = masking.select_tokens(x, keep_ids, self.token_gather)
 
     if self.class_token:
       cls_token = self.param("cls_token", nn.initializers.normal(0.02),
