@@ -18,6 +18,9 @@ Stages, in the order they run (the most wanted figures first, so a spent budget 
                 images/s and loop_to_step_ratio = loop / step;
   pmae          Perceptual MAE / MAE step-time ratio, DCGAN and MSG discriminators, ViT-B/16
                 224, batch 64 (bench/pmae_vs_mae.py);
+  profile       where the MAE ViT-B/16 step's device time goes: ms per step by op category
+                (matmul, attention, elementwise, ...) and the costliest ops with the JAX op
+                each came from (bench/profile_step.py);
   levers        MAE ViT-B/16 step with each speed lever of docs/performance.md (fused attention,
                 remat, scanned blocks): step time, mfu_model, compile seconds.
 
@@ -46,7 +49,7 @@ import tomllib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("SSL_JAX_DATA", REPO.parent / "shared" / "data"))
-STAGES = ("requirements", "loader", "step", "visible_only", "loop", "pmae", "levers")
+STAGES = ("requirements", "loader", "step", "visible_only", "loop", "pmae", "profile", "levers")
 
 # Distribution name -> import name, where they differ.
 _IMPORT_NAMES = {"jaxlib": "jaxlib", "orbax-checkpoint": "orbax.checkpoint",
@@ -182,8 +185,10 @@ class Runner:
     self.deadline = time.monotonic() + budget_s if budget_s > 0 else float("inf")
     self.log_dir = log_dir
 
-  def run(self, stage: str, job: str, argv: list[str], timeout_s: float) -> list[dict]:
-    """The JSON records the job printed (tagged), or [] after a skip/error line."""
+  def run(self, stage: str, job: str, argv: list[str], timeout_s: float,
+          env: dict[str, str] | None = None) -> list[dict]:
+    """The JSON records the job printed (tagged), or [] after a skip/error line. `env`: extra
+    environment variables of the job."""
     base = {"suite": "accelerator", "stage": stage, "job": job}
     left = self.deadline - time.monotonic()
     if left < 20:
@@ -191,7 +196,7 @@ class Runner:
       return []
     timeout = min(timeout_s, left)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
+           "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     start = time.monotonic()
     try:
       done = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True,
@@ -323,6 +328,20 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
         str(sizes.pmae_batch_size), "--steps", str(sizes.steps)], sizes.job_timeout_s * 2):
       if record.get("bench") == "pmae_vs_mae_ratio":
         summary[f"pmae_{record['discriminator']}_ratio"] = record["step_time_ratio"]
+
+  if "profile" in stages:
+    # Kernels replayed from CUDA graphs can reach the trace without their op: profile without.
+    env = None if smoke else {"XLA_FLAGS": " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_enable_command_buffer="]).strip()}
+    for record in runner.run("profile", "mae_step", [
+        "bench/profile_step.py", "--config", sizes.lever_config, "--batch_size",
+        str(sizes.lever_batch_size), "--steps", str(sizes.steps), "--top", "15"],
+        sizes.job_timeout_s, env=env):
+      if record.get("bench") == "profile_category":
+        summary[f"profile_{record['category']}_share"] = record["share"]
+      if record.get("bench") == "profile_summary":
+        summary["profile_wall_ms_per_step"] = record["wall_ms_per_step"]
+        summary["profile_op_ms_per_step"] = record["op_ms_per_step"]
 
   if "levers" in stages:
     if levers is None:
