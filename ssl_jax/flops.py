@@ -9,7 +9,9 @@ backend sees it: the same number on CPU, GPU and TPU.
 What is counted (the PaLM convention, Chowdhery et al. 2022, appendix B: matmul FLOPs only):
   * `dot_general`: 2 * prod(output shape) * prod(contracted sizes);
   * `conv_general_dilated`: 2 * prod(output shape) * prod(kernel shape) / output features
-    (also right for grouped and batch-grouped convolutions, whose kernel holds in/groups);
+    (also right for grouped and batch-grouped convolutions, whose kernel holds in/groups),
+    divided by prod(lhs_dilation): a strided convolution's input gradient dilates its input with
+    zeros that no kernel multiplies (counting them made it stride^2 times its forward);
   * inside `scan` times its length, `cond` its costliest branch, `while` one trip (unknown).
 Elementwise work (norms, softmax, optimizer update) is left out, as in every MFU figure.
 
@@ -99,7 +101,12 @@ def _matmul_flops(eqn) -> float:
     kernel_shape = eqn.invars[1].aval.shape
     out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0]
     per_output = math.prod(kernel_shape) / kernel_shape[out_feature_dim]
-    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
+    # A strided convolution's input gradient is a convolution of the output gradient dilated
+    # by the stride (`lhs_dilation`): of its kernel taps only 1 / prod(dilation) meet a real
+    # value, the rest multiply the inserted zeros, which no GPU or TPU kernel computes. Counted
+    # as real taps it has its forward's FLOPs (exactly when the kernel divides by the stride).
+    zero_taps = math.prod(eqn.params.get("lhs_dilation") or (1,))
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output / zero_taps
   return 0.0
 
 

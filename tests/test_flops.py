@@ -50,6 +50,20 @@ def test_forward_and_backward_is_three_forwards_less_the_input_gradient(conv_mlp
   assert counted.networks == 2 * CONV_FWD + 3 * FC1_FWD + 3 * FC2_FWD
 
 
+@pytest.mark.parametrize("stride,kernel", [(2, 4), (2, 2), (4, 4)])
+def test_input_gradient_of_a_strided_conv_costs_its_forward(stride, kernel):
+  # jax writes it as a convolution over the output gradient dilated by the stride; the zeros it
+  # inserts are no work (a DCGAN discriminator's backward counted 4x its forward before).
+  x = jnp.ones((2, 16, 16, 8))
+  w = jnp.ones((kernel, kernel, 8, 16))
+  conv = lambda x: jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  forward = 2 * 2 * (16 // stride) ** 2 * 16 * kernel * kernel * 8
+  assert flops.count_flops(conv, x).all == forward
+  # grad = the forward (traced with it) + the input gradient.
+  assert flops.count_flops(jax.grad(lambda x: jnp.sum(conv(x))), x).all == 2 * forward
+
+
 def test_equals_xla_cost_analysis_on_cpu_for_pure_matmuls():
   # Without biases or activations XLA's CPU count holds only the dots, the same number.
   a, b, c = (jnp.ones(s) for s in [(32, 64), (64, 48), (48, 16)])
