@@ -22,7 +22,8 @@ Stages, in the order they run (the most wanted figures first, so a spent budget 
                 (matmul, attention, elementwise, ...) and the costliest ops with the JAX op
                 each came from (bench/profile_step.py);
   levers        MAE ViT-B/16 step with each speed lever of docs/performance.md (fused attention,
-                remat, scanned blocks): step time, mfu_model, compile seconds.
+                remat, scanned blocks, one-hot token gather, XLA's GPU gemm/autotune/command
+                buffer flags): step time, mfu_model, compile seconds.
 
 Every measurement runs in its own Python process with a timeout (a crash, an out-of-memory or a
 hang costs one figure, not the suite); its JSON lines are re-emitted with `suite`, `stage` and
@@ -126,16 +127,37 @@ def smoke_sizes() -> Sizes:
       loader_extra=("--batches", "3", "--warmup", "1"), job_timeout_s=300)
 
 
-# Each lever of docs/performance.md as config overrides (the baseline is the `step` stage's).
+@dataclasses.dataclass(frozen=True)
+class Lever:
+  """One speed lever: config overrides and/or XLA flags added to the job's XLA_FLAGS."""
+  overrides: tuple[str, ...] = ()
+  xla_flags: tuple[str, ...] = ()
+
+
+# Each lever of docs/performance.md (the baseline is the `step` stage's MAE job). The XLA-flag
+# levers are for GPUs (other backends ignore --xla_gpu_* flags): Triton's gemm fusions off
+# (cuBLAS alone), autotuning off (compile time), CUDA-graph command buffers off.
 LEVERS = {
-    "attention_xla": ("model.attention_impl=xla",),
-    "attention_cudnn": ("model.attention_impl=cudnn",),
-    "remat_dots": ("model.remat=dots_saveable",),
-    "scan_blocks": ("model.scan_blocks=True",),
-    "scan_cudnn": ("model.scan_blocks=True", "model.attention_impl=cudnn"),
-    "token_onehot": ("model.token_gather=onehot",),
-    "cudnn_onehot": ("model.attention_impl=cudnn", "model.token_gather=onehot"),
+    "attention_xla": Lever(("model.attention_impl=xla",)),
+    "attention_cudnn": Lever(("model.attention_impl=cudnn",)),
+    "remat_dots": Lever(("model.remat=dots_saveable",)),
+    "scan_blocks": Lever(("model.scan_blocks=True",)),
+    "scan_cudnn": Lever(("model.scan_blocks=True", "model.attention_impl=cudnn")),
+    "token_onehot": Lever(("model.token_gather=onehot",)),
+    "cudnn_onehot": Lever(("model.attention_impl=cudnn", "model.token_gather=onehot")),
+    "cublas_gemm": Lever(xla_flags=("--xla_gpu_enable_triton_gemm=false",)),
+    "autotune_0": Lever(xla_flags=("--xla_gpu_autotune_level=0",)),
+    "no_command_buffer": Lever(xla_flags=("--xla_gpu_enable_command_buffer=",)),
 }
+
+
+def with_xla_flags(*flags: str) -> dict[str, str] | None:
+  """The job environment that appends `flags` to this process's XLA_FLAGS (None: no change)."""
+  if not flags:
+    return None
+  return {"XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()}
+
+
 # --smoke measures one lever, only to keep the stage working: tests/test_vit_levers.py checks
 # every lever's numerics (cuDNN attention needs a GPU).
 CPU_LEVERS = ("scan_blocks",)
@@ -331,8 +353,7 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
 
   if "profile" in stages:
     # Kernels replayed from CUDA graphs can reach the trace without their op: profile without.
-    env = None if smoke else {"XLA_FLAGS": " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_enable_command_buffer="]).strip()}
+    env = None if smoke else with_xla_flags("--xla_gpu_enable_command_buffer=")
     for record in runner.run("profile", "mae_step", [
         "bench/profile_step.py", "--config", sizes.lever_config, "--batch_size",
         str(sizes.lever_batch_size), "--steps", str(sizes.steps), "--top", "15"],
@@ -348,8 +369,8 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
       levers = CPU_LEVERS if smoke else tuple(LEVERS)
     for lever in levers:
       for record in runner.run("levers", lever, _bench_train_step(
-          sizes.lever_config, sizes.lever_batch_size, sizes.steps, LEVERS[lever]),
-          sizes.job_timeout_s):
+          sizes.lever_config, sizes.lever_batch_size, sizes.steps, LEVERS[lever].overrides),
+          sizes.job_timeout_s, env=with_xla_flags(*LEVERS[lever].xla_flags)):
         if record.get("bench") == "train_step":
           summary[f"lever_{lever}/step_time_s"] = record["step_time_s"]
           summary[f"lever_{lever}/mfu_model"] = record["mfu_model"]

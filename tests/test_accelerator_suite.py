@@ -99,8 +99,17 @@ def test_every_lever_is_a_valid_override_of_the_lever_config(lever):
   from ssl_jax import config_lib
   config = config_lib.load_config(suite.full_sizes().lever_config)
   config.lock()
-  config_lib.apply_overrides(config, list(suite.LEVERS[lever]))
+  config_lib.apply_overrides(config, list(suite.LEVERS[lever].overrides))
   config_lib.validate(config)
+  for flag in suite.LEVERS[lever].xla_flags:
+    assert flag.startswith("--xla_gpu_") and "=" in flag
+
+
+def test_xla_flag_levers_append_to_the_callers_flags(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  assert suite.with_xla_flags() is None
+  assert suite.with_xla_flags("--xla_gpu_autotune_level=0") == {
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_gpu_autotune_level=0"}
 
 
 def test_unknown_lever_is_a_one_line_error():
