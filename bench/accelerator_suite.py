@@ -21,6 +21,7 @@ Stages, in the order they run (the most wanted figures first, so a spent budget 
   profile       where the MAE ViT-B/16 step's device time goes: ms per step by op category
                 (matmul, attention, elementwise, ...) and the costliest ops with the JAX op
                 each came from (bench/profile_step.py);
+  large         MAE ViT-L/16 224 step (batch 128): mfu_model and compile seconds (target 0.5);
   levers        MAE ViT-B/16 step with each speed lever of docs/performance.md (fused attention,
                 remat, scanned blocks, one-hot token gather, XLA's GPU gemm/autotune/command
                 buffer flags): step time, mfu_model, compile seconds.
@@ -50,7 +51,8 @@ import tomllib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("SSL_JAX_DATA", REPO.parent / "shared" / "data"))
-STAGES = ("requirements", "loader", "step", "visible_only", "loop", "pmae", "profile", "levers")
+STAGES = ("requirements", "loader", "step", "visible_only", "loop", "pmae", "profile", "large",
+          "levers")
 
 # Distribution name -> import name, where they differ.
 _IMPORT_NAMES = {"jaxlib": "jaxlib", "orbax-checkpoint": "orbax.checkpoint",
@@ -80,6 +82,8 @@ class Sizes:
   pmae_batch_size: int
   lever_config: str
   lever_batch_size: int
+  large_config: str            # the `large` stage: issue 13's ViT-L MFU target
+  large_batch_size: int
   loader_source: str
   loader_image_size: int
   loader_batch_size: int
@@ -110,6 +114,7 @@ def full_sizes() -> Sizes:
       steps=10, loop_steps=150, loop_log_every=50,
       pmae_preset="vit_b16,imagenet", pmae_batch_size=64,
       lever_config="configs/mae.py:vit_b16,imagenet", lever_batch_size=256,
+      large_config="configs/mae.py:vit_l16,imagenet", large_batch_size=128,
       loader_source=cifar, loader_image_size=32, loader_batch_size=256, loader_extra=(),
       job_timeout_s=240)
 
@@ -123,6 +128,7 @@ def smoke_sizes() -> Sizes:
       steps=1, loop_steps=4, loop_log_every=2,
       pmae_preset="smoke", pmae_batch_size=4,
       lever_config="configs/mae.py:smoke", lever_batch_size=8,
+      large_config="configs/mae.py:smoke", large_batch_size=16,
       loader_source="digits", loader_image_size=32, loader_batch_size=64,
       loader_extra=("--batches", "3", "--warmup", "1"), job_timeout_s=300)
 
@@ -363,6 +369,14 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
       if record.get("bench") == "profile_summary":
         summary["profile_wall_ms_per_step"] = record["wall_ms_per_step"]
         summary["profile_op_ms_per_step"] = record["op_ms_per_step"]
+
+  if "large" in stages:
+    for record in runner.run("large", "mae_large", _bench_train_step(
+        sizes.large_config, sizes.large_batch_size, sizes.steps), sizes.job_timeout_s):
+      if record.get("bench") == "train_step":
+        summary["mae_large/mfu_model"] = record["mfu_model"]
+        summary["mae_large/step_images_per_sec"] = record["images_per_sec"]
+        summary["mae_large/compile_s"] = record["compile_s"]
 
   if "levers" in stages:
     if levers is None:

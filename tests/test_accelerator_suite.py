@@ -136,7 +136,7 @@ def test_smoke_suite_runs_every_stage(tmp_path):
   for key in ("loader_images_per_sec", "mae_smoke/mfu_model", "mae_smoke/compile_s",
               "mae_visible_only_speedup", "simclr_smoke/loop_to_step_ratio",
               "pmae_dcgan_ratio", "pmae_msg_ratio", "profile_matmul_share",
-              "profile_op_ms_per_step",
+              "profile_op_ms_per_step", "mae_large/mfu_model",
               *(f"lever_{lever}/step_time_s" for lever in suite.CPU_LEVERS)):
     assert summary[key] is not None and summary[key] > 0, key
 
