@@ -219,8 +219,9 @@ def patch_arrangement_preset(config, preset):
   of one image are arranged from their concatenated features through an MLP head (Doersch et
   al. 2015's late-fusion fc layers; Noroozi & Favaro 2016's fc7-fc8): the head's width (256
   smoke, 1024 cifar10, 512 cpu), lr 0.1 on CIFAR-10, and on ImageNet the papers' batch 256
-  with the usual ResNet-50 SGD schedule (Goyal et al. 2017: lr 0.1, wd 1e-4, 5 warm-up
-  epochs, 90 epochs) in place of their AlexNet schedules. Each config sets its patch geometry."""
+  with the usual ResNet-50 SGD recipe in place of their AlexNet schedules: Goyal et al. 2017's
+  lr 0.1 per 256 images, wd 1e-4, 5 warm-up epochs and 90 epochs, with the codebase's cosine
+  decay in place of their steps at epochs 30, 60 and 80. Each config sets its patch geometry."""
   resnet_era_preset(config, preset)
   if preset == "smoke":
     config.method.head_hidden_dim = 256

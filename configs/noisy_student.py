@@ -21,7 +21,9 @@ Presets (comma-separated, later ones win):
   pseudo-labelled, labelled:unlabelled batch 1:14 (the paper's ratio for its largest student),
   balanced to 130K records per class (the paper's figure for its 81M-image JFT set), a ViT-B/16
   student with stochastic depth 0.2 (the paper's EfficientNets are not in ssl_jax), DeiT's
-  AdamW, EMA 0.9999 (EfficientNet's), 350 epochs (as recalled from the paper, not re-checked).
+  AdamW, EMA 0.9999 (EfficientNet's), 350 epochs (the paper's length for its large students,
+  which it trains "with a smaller resolution for 350 epochs" before a 1.5-epoch fine-tune at a
+  larger one; that fine-tune is not part of this preset).
 * `cpu`: after `cifar10`, the shared CPU budget (`common.semi_supervised_cpu_budget`).
 
 Every preset keeps the paper's noise and selection: RandAugment N = 2 at M = 9 (27/30),
