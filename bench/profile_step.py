@@ -9,8 +9,9 @@ executor) per step. Each op gets a category from the compiled HLO: `matmul` (dot
 Triton gemms), `convolution`, `attention` (cuDNN's fused attention), `collective`, `copy`
 (copies and transposes), `reduction` (fusions that reduce), `elementwise` (other fusions),
 `control` (while/conditional bodies' bookkeeping), or the HLO opcode. Prints JSON lines: one
-`profile_category` per category (ms per step and device, share of the op time), then the `--top` costliest
-ops (`profile_op`: name, category, ms per step, output shape, the JAX op it came from), then
+`profile_category` per category (ms per step and device, share of the op time), then the
+`--top` costliest ops (`profile_op`: name, category, ms per step, output shape, the JAX op it
+came from), then
 `profile_summary` (wall ms per step beside the summed op time: a large gap is host or launch
 time). It needs no TensorBoard: the trace is parsed by `jax.profiler.ProfileData`.
 

@@ -69,8 +69,9 @@ def _dtype(model_config) -> Any:
 
 def vit_speed_options(model_config) -> dict[str, Any]:
   """The ViT speed levers of `model_config` (same params and math, other speed): attention_impl
-  ('plain'), remat ('none'), scan_blocks (False), token_gather ('take'), as `VisionTransformer` / `vit.run_blocks`
-  keyword arguments. Values are checked by `config_lib.validate` and again by the modules."""
+  ('plain'), remat ('none'), scan_blocks (False), token_gather ('take'), as `VisionTransformer`
+  / `vit.run_blocks` keyword arguments. Values are checked by `config_lib.validate` and again
+  by the modules."""
   attention_impl = model_config.get("attention_impl", "plain")
   if attention_impl == "cudnn" and jax.default_backend() != "gpu":
     # Same math as 'xla': a GPU run's checkpoint still evaluates and exports on CPU or TPU.
