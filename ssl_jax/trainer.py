@@ -13,6 +13,7 @@ The training data (this process's shard of every stream) is built by
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Any, Callable, Sequence
 
@@ -116,6 +117,19 @@ class TrainSetup:
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
                          streams.batch_shapes(self.config))
     return state, batch
+
+  def compile_step_in_background(self) -> concurrent.futures.Future:
+    """Starts tracing and compiling `step` for the loop's shapes in a thread; returns its future.
+
+    XLA compiles without the GIL, so the compile (tens of seconds for a ViT-B step on a GPU)
+    overlaps what start-up does meanwhile: initialising the state, restoring a checkpoint,
+    starting the input pipeline. The first `step(state, batch)` then finds the executable in
+    jit's caches (same function, shapes and shardings) instead of compiling. Call `.result()`
+    before the first step: it re-raises whatever the compile raised."""
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_step")
+    future = executor.submit(lambda: self.step.lower(*self.step_arg_shapes()).compile())
+    executor.shutdown(wait=False)
+    return future
 
   def init_state(self) -> Any:
     """A fresh train state, initialised directly in its shardings."""

@@ -172,3 +172,17 @@ def test_previous_run_supplies_the_step_rates_of_a_later_loop_stage():
             "job": "mae", "images_per_sec": 1500.0},
            {"stage": "loop", "bench": "loop", "job": "mae", "loop_images_per_sec": 2900.0}]
   assert suite.step_rates_of(lines) == {"mae": 3000.0}
+
+
+def test_cifar10_flops_counts_a_run_as_its_steps_times_its_step(shared_data):
+  del shared_data  # The cifar10 presets read its 10k split (steps per epoch).
+  from bench import cifar10_flops
+  methods = cifar10_flops.methods_with_cifar10_preset()
+  assert "simclr" in methods and "fixmatch" in methods
+  assert not set(methods) & set(cifar10_flops.NEEDS_A_TEACHER)
+  record = cifar10_flops.count("simclr", epochs=2)
+  assert (record["steps_per_epoch"], record["steps"]) == (10_000 // 256, 2 * (10_000 // 256))
+  assert record["run_flops"] == record["flops_per_step"] * record["steps"]
+  # ResNet-18 on 2 x 256 32-px views, forward + backward: about 1.7 TFLOP (the CIFAR ResNet-18's
+  # 0.56 GMAC = 1.1 GFLOP per forward, x3 with the backward, x512 images, plus the heads).
+  assert 1.5e12 < record["flops_per_step"] < 1.9e12

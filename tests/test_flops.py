@@ -138,25 +138,6 @@ def test_model_flops_of_a_step_do_not_depend_on_the_levers():
                                         setup=setup) == plain
 
 
-def test_counting_the_runs_own_step_leaves_it_traced_for_the_first_call():
-  # Start-up counts FLOPs on the step's shapes; jit's trace cache is keyed on shardings too, so
-  # counting on unsharded shapes made the first real step trace the whole step a second time.
-  config = _mae_smoke(batch_size=8)
-  setup = trainer.build(config, total_steps=10, steps_per_epoch=5)
-  state, batch = setup.init_state(), setup.sample_batch()
-  trainer.model_flops_per_step(config, total_steps=10, steps_per_epoch=5, setup=setup)
-  traced = []
-  def on_duration(event, duration, **kwargs):
-    del duration, kwargs
-    traced.append(event)
-  jax.monitoring.register_event_duration_secs_listener(on_duration)
-  try:
-    setup.step.trace(state, batch)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(on_duration)
-  assert "/jax/core/compile/jaxpr_trace_duration" not in traced
-
-
 @pytest.mark.slow  # A whole (tiny) run: ~15 s of CPU.
 def test_train_loop_logs_mfu_model_where_the_peak_is_known(tmp_path, monkeypatch):
   # CPU has no published peak; give it one so the accelerator-only meter runs here.
