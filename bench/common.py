@@ -1,13 +1,49 @@
 """Helpers shared by the benchmarks: JSON-line output, timing and the device's matmul peak."""
 
+import argparse
 import json
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ssl_jax import flops
+from ssl_jax import config_lib, flops
+from ssl_jax.data import streams
+
+
+def config_parser(description: str, steps: int = 5) -> argparse.ArgumentParser:
+  """The command line of the benchmarks that time one config's train step: --config,
+  --batch_size, --steps and trailing key.path=value overrides; each adds its own flags."""
+  parser = argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/<method>.py:<presets>")
+  parser.add_argument("--batch_size", type=int, default=0, help="0: the config's batch_size")
+  parser.add_argument("--steps", type=int, default=steps)
+  parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
+  return parser
+
+
+def load_config(spec: str, overrides=(), batch_size: int = 0):
+  """A benchmark's run config: `configs/<m>.py:<presets>`, locked, `key=value` overrides
+  applied, and `batch_size` when non-zero (0 keeps the config's)."""
+  config = config_lib.load_config(spec)
+  config.lock()
+  config_lib.apply_overrides(config, list(overrides))
+  if batch_size:
+    config.batch_size = batch_size
+  return config
+
+
+def random_batch(setup, config):
+  """Random images in the structure the step receives (one batch, or one per data stream),
+  placed as the loop places them (`TrainSetup.global_batch`)."""
+  rng = np.random.default_rng(0)
+  return setup.global_batch(jax.tree.map(
+      lambda s: rng.integers(0, 256, s.shape, dtype=s.dtype) if s.dtype == np.uint8
+      else np.zeros(s.shape, s.dtype),
+      streams.batch_shapes(config, process_count=jax.process_count())))
 
 
 def emit(record: dict) -> None:

@@ -25,7 +25,6 @@ import jax  # noqa: E402
 
 from bench import common  # noqa: E402
 from bench.train_step import measure  # noqa: E402
-from ssl_jax import config_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_RATIO = 1.5
@@ -36,12 +35,7 @@ _SHARED_KEYS = ("model.name", "model.hidden_size", "model.depth", "model.num_hea
 
 
 def _load(config_file: str, preset: str, overrides: list[str], batch_size: int):
-  config = config_lib.load_config(f"{REPO}/configs/{config_file}:{preset}")
-  config.lock()
-  config_lib.apply_overrides(config, overrides)
-  if batch_size:
-    config.batch_size = batch_size
-  return config
+  return common.load_config(f"{REPO}/configs/{config_file}:{preset}", overrides, batch_size)
 
 
 def _get(config, dotted: str):

@@ -21,7 +21,6 @@ does): kernels replayed from a CUDA graph may reach the trace without the op the
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import os
@@ -35,8 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from bench import common  # noqa: E402
-from bench.train_step import _random_batch  # noqa: E402
-from ssl_jax import config_lib, trainer  # noqa: E402
+from ssl_jax import trainer  # noqa: E402
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 # name = shape opcode(: the shape may be a tuple "(f32[2]{0}, s8[16]{0})".
@@ -146,7 +144,7 @@ def profile(config, *, steps: int, top: int, devices=None) -> list[dict]:
   """The step's op time per category and its `top` costliest ops, per step and per device (the
   trace sums every device's kernels; `devices`: the mesh's, default all)."""
   setup = trainer.build(config, total_steps=1000, steps_per_epoch=100, devices=devices)
-  batch = _random_batch(setup, config)
+  batch = common.random_batch(setup, config)
   state = setup.init_state()
   compiled = setup.step.lower(state, batch).compile()
   instructions, computations = parse_hlo(compiled.as_text())
@@ -190,19 +188,10 @@ def profile(config, *, steps: int, top: int, devices=None) -> list[dict]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--batch_size", type=int, default=0, help="0: the config's batch_size")
-  parser.add_argument("--steps", type=int, default=5)
+  parser = common.config_parser(__doc__)
   parser.add_argument("--top", type=int, default=25, help="how many of the costliest ops")
-  parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
   args = parser.parse_args()
-  config = config_lib.load_config(args.config)
-  config.lock()
-  config_lib.apply_overrides(config, args.overrides)
-  if args.batch_size:
-    config.batch_size = args.batch_size
+  config = common.load_config(args.config, args.overrides, args.batch_size)
   base = {"config": args.config, "batch_size": config.batch_size, "dtype": config.model.dtype,
           "device": jax.devices()[0].device_kind, "overrides": args.overrides}
   for record in profile(config, steps=args.steps, top=args.top):

@@ -13,7 +13,6 @@ peak is the chips' published bf16 peak times the device count, and on CPU (or an
 the FLOP/s of a large float32 matmul measured by XLA on the same machine in the same run.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -21,20 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
 from ssl_jax import config_lib, flops, trainer  # noqa: E402
-from ssl_jax.data import streams  # noqa: E402
-
-
-def _random_batch(setup, config):
-  """Random images in the structure the step receives (one batch, or one per data stream)."""
-  rng = np.random.default_rng(0)
-  return setup.global_batch(jax.tree.map(
-      lambda s: rng.integers(0, 256, s.shape, dtype=s.dtype) if s.dtype == np.uint8
-      else np.zeros(s.shape, s.dtype),
-      streams.batch_shapes(config, process_count=jax.process_count())))
 
 
 def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> dict:
@@ -47,7 +35,7 @@ def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> d
   peak (`mfu_*` then None).
   """
   setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
-  batch = _random_batch(setup, config)
+  batch = common.random_batch(setup, config)
   state = setup.init_state()
   hardware = flops.count_flops(setup.step, state, batch)
   model_flops = trainer.model_flops_per_step(config, total_steps=1000, steps_per_epoch=100,
@@ -77,7 +65,7 @@ def measure(config, *, steps: int, peak_flops_per_sec: float | None = None) -> d
 def matmul_dtypes(config) -> dict:
   """The train step's matmul FLOPs per "lhs x rhs -> result" dtype, from its jaxpr."""
   setup = trainer.build(config, total_steps=1000, steps_per_epoch=100)
-  batch = _random_batch(setup, config)
+  batch = common.random_batch(setup, config)
   by_dtype = flops.matmul_flops_by_dtype(setup.step, jax.eval_shape(setup.init_state), batch)
   total = sum(by_dtype.values())
   return {"matmul_flops_per_step": total,
@@ -85,24 +73,15 @@ def matmul_dtypes(config) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--batch_size", type=int, default=0, help="0: the config's batch_size")
-  parser.add_argument("--steps", type=int, default=5)
+  parser = common.config_parser(__doc__)
   parser.add_argument("--compare_encode_all", action="store_true",
                       help="MAE only: also time the encoder on all patches (no token dropping)")
   parser.add_argument("--matmul_dtypes", action="store_true",
                       help="trace only (no compile, any machine): the step's matmul FLOPs per "
                            "operand/result dtype")
-  parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
   args = parser.parse_args()
 
-  config = config_lib.load_config(args.config)
-  config.lock()
-  config_lib.apply_overrides(config, args.overrides)
-  if args.batch_size:
-    config.batch_size = args.batch_size
+  config = common.load_config(args.config, args.overrides, args.batch_size)
   if args.matmul_dtypes:
     common.emit(matmul_dtypes(config) | {"bench": "matmul_dtypes", "config": args.config,
                                          "batch_size": config.batch_size,
