@@ -6,8 +6,9 @@
 #
 #   bash bench/cifar10_accelerator.sh [--smoke] [ROOT=/tmp/cifar10_accelerator] [METHOD ...]
 #
-# METHOD defaults to every config with a `cifar10` preset that trains from scratch: distill and
-# noisy_student start from a teacher's run, so their rows come from bench/label_budget.sh.
+# METHOD defaults to every config with a `cifar10` preset that trains from scratch, heaviest run
+# first: distill and noisy_student start from a teacher's run, so their rows come from
+# bench/label_budget.sh.
 # EPOCHS (200) and PROTOCOLS (knn,linear) override; PYTHON picks the interpreter (.venv if
 # present, else python3). Every run is EPOCHS long (total_steps=0: the semi-supervised presets
 # state their length in steps).
@@ -55,21 +56,9 @@ else
     exit 2
   fi
   if [ ${#METHODS[@]} -eq 0 ]; then
-    # Every config whose get_config accepts the preset (common.py is not a method), less the
-    # two that need a teacher run first.
-    mapfile -t METHODS < <(PYTHONPATH=. "$PY" - <<'PYEOF'
-import pathlib
-from ssl_jax import config_lib
-for path in sorted(pathlib.Path("configs").glob("*.py")):
-  if path.stem in ("common", "distill", "noisy_student"):
-    continue
-  try:
-    config_lib.load_config(f"{path}:cifar10")
-  except ValueError:  # UnknownPresetError: no cifar10 preset.
-    continue
-  print(path.stem)
-PYEOF
-)
+    # Every config with the preset but the two that need a teacher run first, heaviest run
+    # first: with JOBS > 1 the long runs start at once and the short ones fill in.
+    mapfile -t METHODS < <(PYTHONPATH=. "$PY" bench/cifar10_flops.py --list)
   fi
 fi
 

@@ -1,6 +1,7 @@
 r"""What bench/cifar10_accelerator.sh asks of a device, counted on CPU before renting one.
 
     python bench/cifar10_flops.py [--epochs 200] [--mfu 0.2] [--peak 989e12] [METHOD ...]
+    python bench/cifar10_flops.py --list    # the methods, heaviest run first (no counting)
 
 For every method with a `cifar10` preset (or the listed ones), in bfloat16 as the script runs
 them: the train step's matmul FLOPs (`flops.count_flops` on the step's jaxpr: all matmuls,
@@ -11,6 +12,7 @@ and a `total` line. Tracing only; needs ../shared/data (or SSL_JAX_DATA) for the
 """
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -23,6 +25,8 @@ from ssl_jax.data import streams  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NEEDS_A_TEACHER = ("distill", "noisy_student")  # bench/cifar10_accelerator.sh leaves them out
+# This script's output at 200 epochs, kept with the docs (docs/performance.md).
+COUNTED = REPO / "docs" / "data" / "cifar10_200_epoch_flops.jsonl"
 
 
 def methods_with_cifar10_preset() -> list[str]:
@@ -36,6 +40,18 @@ def methods_with_cifar10_preset() -> list[str]:
       continue
     names.append(path.stem)
   return names
+
+
+def heaviest_first(methods: list[str], counted: pathlib.Path = COUNTED) -> list[str]:
+  """`methods` by their run's FLOPs in `counted` (this script's JSON lines), largest first;
+  methods it does not hold go last, in their given order."""
+  cost = {}
+  if counted.exists():
+    for line in counted.read_text().splitlines():
+      record = json.loads(line)
+      if "method" in record:
+        cost[record["method"]] = record["run_flops"]
+  return sorted(methods, key=lambda m: -cost.get(m, 0.0))
 
 
 def count(method: str, epochs: float) -> dict:
@@ -58,8 +74,13 @@ def main():
   parser.add_argument("--epochs", type=float, default=200)
   parser.add_argument("--mfu", type=float, default=0.2, help="assumed achieved / peak")
   parser.add_argument("--peak", type=float, default=989e12, help="device bf16 FLOP/s")
+  parser.add_argument("--list", action="store_true",
+                      help="print the methods, heaviest run first, one per line, and stop")
   parser.add_argument("methods", nargs="*")
   args = parser.parse_args()
+  if args.list:
+    print("\n".join(heaviest_first(args.methods or methods_with_cifar10_preset())))
+    return
   total = 0.0
   for method in args.methods or methods_with_cifar10_preset():
     record = count(method, args.epochs)

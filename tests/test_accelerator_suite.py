@@ -186,3 +186,18 @@ def test_cifar10_flops_counts_a_run_as_its_steps_times_its_step(shared_data):
   # ResNet-18 on 2 x 256 32-px views, forward + backward: about 1.7 TFLOP (the CIFAR ResNet-18's
   # 0.56 GMAC = 1.1 GFLOP per forward, x3 with the backward, x512 images, plus the heads).
   assert 1.5e12 < record["flops_per_step"] < 1.9e12
+
+
+def test_cifar10_table_starts_the_heaviest_runs_first(tmp_path):
+  from bench import cifar10_flops
+  counted = tmp_path / "flops.jsonl"
+  counted.write_text("\n".join(json.dumps(r) for r in [
+      {"bench": "cifar10_flops", "method": "mae", "run_flops": 1.0},
+      {"bench": "cifar10_flops", "method": "paws", "run_flops": 60.0},
+      {"bench": "cifar10_flops_total", "run_flops": 61.0}]))
+  assert cifar10_flops.heaviest_first(["mae", "simclr", "paws", "byol"], counted) == [
+      "paws", "mae", "simclr", "byol"]
+  listed = subprocess.run([sys.executable, "bench/cifar10_flops.py", "--list"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout.split()
+  assert listed == cifar10_flops.heaviest_first(cifar10_flops.methods_with_cifar10_preset())
+  assert listed[0] == "paws" and "distill" not in listed
