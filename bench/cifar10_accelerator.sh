@@ -59,6 +59,11 @@ else
     # Every config with the preset but the two that need a teacher run first, heaviest run
     # first: with JOBS > 1 the long runs start at once and the short ones fill in.
     mapfile -t METHODS < <(PYTHONPATH=. "$PY" bench/cifar10_flops.py --list)
+    if [ ${#METHODS[@]} -eq 0 ]; then
+      echo "cifar10_accelerator: listing the methods failed (python bench/cifar10_flops.py" \
+           "--list); name them on the command line." >&2
+      exit 2
+    fi
   fi
 fi
 
