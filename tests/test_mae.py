@@ -76,16 +76,18 @@ def test_mae_forward_shapes_and_gradient_only_from_masked_patches():
   method, config = _smoke_method()
   images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
   batch = {"image": jnp.asarray(images), "label": jnp.zeros((4,), jnp.int32)}
-  params, state = method.init(jax.random.PRNGKey(0), batch)
+  # Each call jitted: op by op, a ViT's many small ops dispatch far slower than one compile.
+  params, state = jax.jit(method.init)(jax.random.PRNGKey(0), batch)
   assert set(params) == {"encoder", "decoder"}
   assert "mask_token" in params["decoder"]
-  pred, target, mask = method.forward(params, method.eval_inputs(batch["image"]),
-                                      jax.random.PRNGKey(1), train=True)
+  forward = jax.jit(lambda p, x, r: method.forward(p, x, r, train=True))
+  pred, target, mask = forward(params, method.eval_inputs(batch["image"]), jax.random.PRNGKey(1))
   assert pred.shape == target.shape == (4, 64, 4 * 4 * 3)
   assert mask.shape == (4, 64)
-  loss, (metrics, _) = method.loss(params, state, batch, jax.random.PRNGKey(2), 0)
+  loss, (metrics, _) = jax.jit(lambda p, s, b, r: method.loss(p, s, b, r, 0))(
+      params, state, batch, jax.random.PRNGKey(2))
   assert np.isfinite(float(loss)) and "mae_loss" in metrics
-  feats = method.features(params, state, batch["image"])
+  feats = jax.jit(method.features)(params, state, batch["image"])
   assert feats.shape == (4, config.model.hidden_size)
   grids = method.visualize(params, state, batch["image"][:2], jax.random.PRNGKey(3))
   assert grids["reconstruction"].shape == (2 * 32, 4 * 32, 3)
