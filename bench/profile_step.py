@@ -163,21 +163,21 @@ def profile(config, *, steps: int, top: int, devices=None) -> list[dict]:
       raise SystemExit(f"profile_step: the trace in {trace_dir} wrote no .xplane.pb")
     times = op_times_ns(paths[-1], "train_step")
   per_step_ms = {op: ns / steps / setup.mesh.size / 1e6 for op, ns in times.items()}
+  category = {op: categorize(instructions[op], computations) if op in instructions else "unknown"
+              for op in per_step_ms}
   total_ms = sum(per_step_ms.values())
   by_category: dict[str, float] = collections.defaultdict(float)
-  records = []
   for op, ms in per_step_ms.items():
-    line = instructions.get(op)
-    by_category[categorize(line, computations) if line else "unknown"] += ms
-  for category, ms in sorted(by_category.items(), key=lambda item: -item[1]):
-    records.append({"bench": "profile_category", "category": category, "ms_per_step": ms,
+    by_category[category[op]] += ms
+  records = []
+  for name, ms in sorted(by_category.items(), key=lambda item: -item[1]):
+    records.append({"bench": "profile_category", "category": name, "ms_per_step": ms,
                     "share": ms / total_ms if total_ms else None})
   for op, ms in sorted(per_step_ms.items(), key=lambda item: -item[1])[:top]:
     line = instructions.get(op, "")
-    match = _INSTRUCTION.match(line) if line else None
-    source = _OP_NAME.search(line) if line else None
-    records.append({"bench": "profile_op", "op": op,
-                    "category": categorize(line, computations) if line else "unknown",
+    match = _INSTRUCTION.match(line)
+    source = _OP_NAME.search(line)
+    records.append({"bench": "profile_op", "op": op, "category": category[op],
                     "ms_per_step": ms, "share": ms / total_ms if total_ms else None,
                     "shape": match.group(2) if match else None,
                     "source": source.group(1)[-160:] if source else None})
