@@ -134,6 +134,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_iter = prefetch.DevicePrefetcher(data.iterator, mesh, config.data.prefetch)
   protocols = runner.parse_protocols(config.eval.protocols)
   evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
+  train_state = setup.init_state()
 
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   abstract, _ = setup.step_arg_shapes()
@@ -141,9 +142,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start_step is not None:
     logging.info("Resuming from checkpoint step %d in %s", start_step, checkpointer.directory)
     train_state = restored
-  else:  # A fresh state only when there is nothing to resume: no second copy on the device.
+  else:
     start_step = 0
-    train_state = setup.init_state()
     parameter_overview.log_parameter_overview(train_state["params"])
   if jax.process_index() == 0:
     metrics_io.drop_records_after(workdir, start_step)  # Steps the resumed run writes again.
