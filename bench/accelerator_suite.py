@@ -135,15 +135,19 @@ def smoke_sizes() -> Sizes:
 
 @dataclasses.dataclass(frozen=True)
 class Lever:
-  """One speed lever: config overrides and/or XLA flags added to the job's XLA_FLAGS."""
+  """One speed lever: config overrides, XLA flags added to the job's XLA_FLAGS, and/or a batch
+  size per step other than the stage's (0: the stage's)."""
   overrides: tuple[str, ...] = ()
   xla_flags: tuple[str, ...] = ()
+  batch_size: int = 0
 
 
 # Each lever of docs/performance.md (the baseline is the `step` stage's MAE job). The XLA-flag
 # levers are for GPUs (other backends ignore --xla_gpu_* flags): Triton's gemm fusions off
 # (cuBLAS alone), autotuning off (compile time), CUDA-graph command buffers off.
 LEVERS = {
+    # The plain MAE step, measured in the same call as the levers it is compared with.
+    "baseline": Lever(),
     "attention_xla": Lever(("model.attention_impl=xla",)),
     "attention_cudnn": Lever(("model.attention_impl=cudnn",)),
     "remat_dots": Lever(("model.remat=dots_saveable",)),
@@ -154,6 +158,11 @@ LEVERS = {
     "cublas_gemm": Lever(xla_flags=("--xla_gpu_enable_triton_gemm=false",)),
     "autotune_0": Lever(xla_flags=("--xla_gpu_autotune_level=0",)),
     "no_command_buffer": Lever(xla_flags=("--xla_gpu_enable_command_buffer=",)),
+    # Batch per device: 4x the stage's 256 gives every matmul 4x the rows (ViT-B/16 MAE keeps
+    # 49 tokens an image, so 256 images are only 12.5k rows).
+    "batch_1024": Lever(batch_size=1024),
+    "cudnn_onehot_1024": Lever(("model.attention_impl=cudnn", "model.token_gather=onehot"),
+                               batch_size=1024),
 }
 
 
@@ -362,7 +371,7 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
     env = None if smoke else with_xla_flags("--xla_gpu_enable_command_buffer=")
     for record in runner.run("profile", "mae_step", [
         "bench/profile_step.py", "--config", sizes.lever_config, "--batch_size",
-        str(sizes.lever_batch_size), "--steps", str(sizes.steps), "--top", "15"],
+        str(sizes.lever_batch_size), "--steps", str(sizes.steps), "--top", "40"],
         sizes.job_timeout_s, env=env):
       if record.get("bench") == "profile_category":
         summary[f"profile_{record['category']}_share"] = record["share"]
@@ -382,8 +391,9 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
     if levers is None:
       levers = CPU_LEVERS if smoke else tuple(LEVERS)
     for lever in levers:
+      batch_size = LEVERS[lever].batch_size or sizes.lever_batch_size
       for record in runner.run("levers", lever, _bench_train_step(
-          sizes.lever_config, sizes.lever_batch_size, sizes.steps, LEVERS[lever].overrides),
+          sizes.lever_config, batch_size, sizes.steps, LEVERS[lever].overrides),
           sizes.job_timeout_s, env=with_xla_flags(*LEVERS[lever].xla_flags)):
         if record.get("bench") == "train_step":
           summary[f"lever_{lever}/step_time_s"] = record["step_time_s"]

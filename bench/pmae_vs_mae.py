@@ -6,8 +6,8 @@ r"""Step time of Perceptual MAE vs MAE at the same backbone, decoder, resolution
 Times the whole jitted train step of the one loop (`bench/train_step.py:measure`: views,
 forward, backward, both optimizers, state update) for configs/mae.py:<preset> and
 configs/perceptual_mae.py:<preset> with each discriminator type, and prints one JSON line per
-run plus one per discriminator with ratio = PMAE step time / MAE step time (target <= 1.5,
-issue 6). `key=value` overrides apply to both configs, `--pmae key=value ...` to Perceptual MAE
+run plus one per discriminator with ratio = PMAE step time / MAE step time (targets, issue
+13: <= 1.5 with the DCGAN discriminator, <= 4.3 with MSG, the authors' 65 vs 15 days). `key=value` overrides apply to both configs, `--pmae key=value ...` to Perceptual MAE
 only, e.g. the authors' code-path weights and no lagged copy:
 
     python bench/pmae_vs_mae.py --preset vit_b16,imagenet --batch_size 2 model.dtype=float32 \
@@ -27,7 +27,9 @@ from bench import common  # noqa: E402
 from bench.train_step import measure  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_RATIO = 1.5
+# Perceptual MAE / MAE step-time targets per discriminator (issue 13). MSG's is the authors' own
+# cost as issue 13 quotes it: 65 days of training against MAE's 15.
+TARGET_RATIOS = {"dcgan": 1.5, "msg": 4.3}
 # Generator settings that must agree for the comparison to be of like with like.
 _SHARED_KEYS = ("model.name", "model.hidden_size", "model.depth", "model.num_heads",
                 "model.dtype", "method.view.size", "method.mask_ratio", "method.decoder_dim",
@@ -80,7 +82,9 @@ def main():
                  "step_time_ratio": ratio, "flops_ratio": (
                      pmae_result["model_flops_per_step"] / mae_result["model_flops_per_step"]
                      if mae_result["model_flops_per_step"] else None),
-                 "target": TARGET_RATIO, "within_target": ratio <= TARGET_RATIO})
+                 "target": TARGET_RATIOS.get(discriminator),
+                 "within_target": (ratio <= TARGET_RATIOS[discriminator]
+                                   if discriminator in TARGET_RATIOS else None)})
 
 
 if __name__ == "__main__":

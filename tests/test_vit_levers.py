@@ -163,3 +163,29 @@ def test_cudnn_attention_off_gpu_is_the_same_math_via_xla(caplog):
   options = registry.vit_speed_options(ml_collections.ConfigDict({"attention_impl": "cudnn"}))
   assert options["attention_impl"] == "xla"
   assert "needs an NVIDIA GPU" in caplog.text
+
+
+@pytest.mark.parametrize("num_tokens,multiple", [(5, 2), (17, 8), (16, 2)])
+def test_fused_attention_padding_keeps_outputs_and_gradients(num_tokens, multiple):
+  """cuDNN's padded path (odd lengths, MAE's 197-token decoder), run here through XLA: padding to
+  a multiple with the padded keys masked gives the unpadded attention's values and gradients."""
+  shape = (2, num_tokens, 4, 8)
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), shape) for i in range(3))
+  weights = jax.random.normal(jax.random.PRNGKey(3), shape)
+
+  def loss(multiple, q, k, v):
+    out = vit.fused_attention(q, k, v, scale=8 ** -0.5, implementation="xla",
+                              length_multiple=multiple)
+    assert out.shape == shape
+    return jnp.sum(out * weights)
+
+  value, grads = jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3)), static_argnums=0)(
+      multiple, q, k, v)
+  reference = lambda q, k, v: jnp.sum(jnp.einsum(
+      "bhqk,bkhd->bqhd", jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) * 8 ** -0.5), v)
+      * weights)
+  ref_value, ref_grads = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2)))(q, k, v)
+  np.testing.assert_allclose(value, ref_value, **TOLERANCE)
+  for grad, ref_grad in zip(grads, ref_grads):
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, ref_grad, **TOLERANCE)

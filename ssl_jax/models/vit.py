@@ -187,6 +187,36 @@ REMAT_POLICIES = {
 REMAT_CHOICES = ("none",) + tuple(REMAT_POLICIES)
 
 
+# jax's cuDNN attention refuses training at an odd sequence length (measured on an H200 with jax
+# 0.11: "Unsupported sequence length Q 197, KV 197", MAE's decoder). Its check reads the custom
+# VJP's empty placeholder bias as a bias, and cuDNN's bias path needs even lengths; padding to an
+# even length passes it with no bias at all.
+CUDNN_LENGTH_MULTIPLE = 2
+
+
+def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
+                    implementation: str, length_multiple: int = 1) -> jax.Array:
+  """`jax.nn.dot_product_attention` over [B, T, heads, head_dim] self-attention inputs.
+
+  With `length_multiple` > 1 and T not a multiple of it, the tokens are zero-padded to the next
+  multiple and the padded keys masked out through `key_value_seq_lengths` (cuDNN's padding mask;
+  no bias), then the padded query rows are dropped: the real tokens' outputs and gradients are
+  those of the unpadded attention (the padded rows attend the real keys, so everything stays
+  finite).
+  """
+  batch, num_tokens = query.shape[:2]
+  padding = -num_tokens % length_multiple
+  if not padding:
+    return jax.nn.dot_product_attention(query, key, value, scale=scale,
+                                        implementation=implementation)
+  widths = ((0, 0), (0, padding), (0, 0), (0, 0))
+  query, key, value = (jnp.pad(t, widths) for t in (query, key, value))
+  out = jax.nn.dot_product_attention(
+      query, key, value, scale=scale, implementation=implementation,
+      key_value_seq_lengths=jnp.full((batch,), num_tokens, jnp.int32))
+  return out[:, :num_tokens]
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection, as timm's `Attention`.
 
@@ -197,9 +227,9 @@ class Attention(nn.Module):
   `attention_impl`:
     'plain': einsums here, logits and softmax in float32; the weights [B, heads, T, T] are sown
       into 'intermediates'/'attention' for attention-map visualisation (DINO Fig. 1);
-    'xla' / 'cudnn': `jax.nn.dot_product_attention` with that implementation ('cudnn': the fused
-      flash-attention kernel of cuDNN on NVIDIA GPUs, bf16/fp16 only; 'xla': the same math as
-      'plain' for XLA to fuse, any backend). The weights are never materialised, so nothing is
+    'xla' / 'cudnn': `fused_attention` with that implementation ('cudnn': the fused
+      flash-attention kernel of cuDNN on NVIDIA GPUs, bf16/fp16 only, odd token counts padded to
+      even; 'xla': the same math as 'plain' for XLA to fuse, any backend). The weights are never materialised, so nothing is
       sown: `ssl_jax.attention` renders maps with a 'plain' clone of the encoder.
   """
   num_heads: int
@@ -223,8 +253,9 @@ class Attention(nn.Module):
     if self.attention_impl == "plain":
       out = self._plain(query, key, value, head_dim)
     else:
-      out = jax.nn.dot_product_attention(query, key, value, scale=head_dim ** -0.5,
-                                         implementation=self.attention_impl)
+      out = fused_attention(
+          query, key, value, scale=head_dim ** -0.5, implementation=self.attention_impl,
+          length_multiple=CUDNN_LENGTH_MULTIPLE if self.attention_impl == "cudnn" else 1)
     out = out.reshape(batch, num_tokens, width)
     return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=_dense_init, bias_init=nn.initializers.zeros, name="proj")(out)
