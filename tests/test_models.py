@@ -170,6 +170,21 @@ def test_encoder_without_blocks_matches_mae_forward_encoder_order():
       rtol=1e-4, atol=1e-5)
 
 
+def test_patch_embed_is_the_stride_p_convolution_it_replaces():
+  """PatchEmbed's matmul over patchify equals timm's / MAE's patch_embed.proj, a [p, p, C, D]
+  convolution of stride p, on the same params."""
+  images = random_images()
+  module = vit.PatchEmbed(PATCH, WIDTH)
+  params = random_variables(module, vit.patchify(images, PATCH))["params"]
+  assert params["kernel"].shape == (PATCH, PATCH, images.shape[-1], WIDTH)
+  got = module.apply({"params": params}, vit.patchify(images, PATCH))
+  conv = jax.lax.conv_general_dilated(
+      images, params["kernel"], (PATCH, PATCH), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+  expected = (conv + params["bias"]).reshape(got.shape)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
 def test_vit_output_shapes_full_and_masked(vit_and_params):
   model, params, images = vit_and_params
   full = model.apply({"params": params}, images)

@@ -187,6 +187,34 @@ REMAT_POLICIES = {
 REMAT_CHOICES = ("none",) + tuple(REMAT_POLICIES)
 
 
+class PatchEmbed(nn.Module):
+  """Linear projection of flattened p x p patches, x_p E + b (ViT, Dosovitskiy et al. 2021, eq. 1).
+
+  Input: `patchify`'s [B, N, p*p*C]; output [B, N, D]. The params are those of a [p, p, C, D]
+  stride-p 'VALID' convolution (timm's `patch_embed.proj`, MAE's init): such a convolution reads
+  every patch once, so it is this per-patch matmul. Written as a matmul it runs on the matrix
+  units (cuDNN ran the 3-channel convolution at 34 TFLOP/s on an H200, MAE ViT-B/16's costliest
+  single op) and lets MAE embed only its visible patches.
+  """
+  patch_size: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches: jax.Array) -> jax.Array:
+    channels, remainder = divmod(patches.shape[-1], self.patch_size ** 2)
+    if remainder:
+      raise ValueError(f"Patch dimension {patches.shape[-1]} is not patch_size**2 * channels "
+                       f"for patch_size {self.patch_size}.")
+    kernel = self.param("kernel", _patch_embed_init,
+                        (self.patch_size, self.patch_size, channels, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    patches, kernel, bias = nn.dtypes.promote_dtype(patches, kernel, bias, dtype=self.dtype)
+    return jnp.einsum("bnk,kd->bnd", patches, kernel.reshape(-1, self.features)) + bias
+
+
 # jax's cuDNN attention refuses training at an odd sequence length (measured on an H200 with jax
 # 0.11: "Unsupported sequence length Q 197, KV 197", MAE's decoder). Its check reads the custom
 # VJP's empty placeholder bias as a bias, and cuDNN's bias path needs even lengths; padding to an
@@ -450,8 +478,9 @@ class VisionTransformer(nn.Module):
     Args:
       images: [B, H, W, C] float, H and W multiples of `patch_size`.
       keep_ids: optional [B, n_keep] integer indices (row-major) of the patches to encode.
-        Position embeddings are added before the gather and the CLS token (plus its position
-        embedding) is prepended after it, exactly MAE's order.
+        Only those patches are embedded, with their position embeddings (MAE embeds all, adds,
+        then gathers: the same sums); the CLS token (plus its position embedding) is prepended
+        after, as in MAE.
       train: enables stochastic depth (needs the 'dropout' rng when drop_path_rate > 0).
 
     Returns:
@@ -469,21 +498,23 @@ class VisionTransformer(nn.Module):
           f"Image size {height}x{width} is not divisible by patch size {self.patch_size}.")
     grid = (height // self.patch_size, width // self.patch_size)
 
-    x = nn.Conv(self.hidden_size, (self.patch_size, self.patch_size),
-                strides=(self.patch_size, self.patch_size), padding="VALID", dtype=self.dtype,
-                param_dtype=self.param_dtype, kernel_init=_patch_embed_init,
-                bias_init=nn.initializers.zeros, name="patch_embed")(images)
-    x = x.reshape(batch, grid[0] * grid[1], self.hidden_size)
+    patches = patchify(images, self.patch_size)
     pos_embed = self._position_embedding(grid).astype(self.dtype)
-    x = x + pos_embed[:, self.num_prefix_tokens:]
-
+    patch_pos_embed = jnp.broadcast_to(pos_embed[:, self.num_prefix_tokens:],
+                                       (batch, grid[0] * grid[1], self.hidden_size))
     if keep_ids is not None:
       chex.assert_rank(keep_ids, 2)
       if keep_ids.shape[0] != batch:
         raise ValueError(f"keep_ids has batch {keep_ids.shape[0]} but images have {batch}.")
       if not jnp.issubdtype(keep_ids.dtype, jnp.integer):
         raise ValueError(f"keep_ids must be integer patch indices, got dtype {keep_ids.dtype}.")
-      x = masking.select_tokens(x, keep_ids, self.token_gather)
+      # The embedding is per patch, so gathering pixels and position embeddings first gives
+      # MAE's embed-add-gather sums while embedding only the kept patches (a quarter in MAE).
+      patches = masking.select_tokens(patches, keep_ids, self.token_gather)
+      patch_pos_embed = masking.select_tokens(patch_pos_embed, keep_ids, self.token_gather)
+    x = PatchEmbed(self.patch_size, self.hidden_size, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="patch_embed")(patches)
+    x = x + patch_pos_embed
 
     if self.class_token:
       cls_token = self.param("cls_token", nn.initializers.normal(0.02),
