@@ -20,7 +20,8 @@ Stages, in the order they run (the most wanted figures first, so a spent budget 
                 224, batch 64 (bench/pmae_vs_mae.py);
   profile       where the MAE ViT-B/16 step's device time goes: ms per step by op category
                 (matmul, attention, elementwise, ...) and the costliest ops with the JAX op
-                each came from (bench/profile_step.py);
+                each came from (bench/profile_step.py); `--profile_lever L` profiles it with
+                lever L on;
   large         MAE ViT-L/16 224 step (batch 128): mfu_model and compile seconds (target 0.5);
   levers        MAE ViT-B/16 step with each speed lever of docs/performance.md (fused attention,
                 remat, scanned blocks, one-hot token gather, XLA's GPU gemm/autotune/command
@@ -306,9 +307,11 @@ def step_rates_of(records: list[dict]) -> dict[str, float]:
 
 def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
               levers: tuple[str, ...] | None = None,
-              previous_step_rates: dict[str, float] | None = None) -> dict:
+              previous_step_rates: dict[str, float] | None = None,
+              profile_lever: str = "") -> dict:
   """Runs the stages in STAGES order; returns the summary figures. `levers` picks the levers
-  stage's jobs (default: every lever of LEVERS, or CPU_LEVERS under --smoke)."""
+  stage's jobs (default: every lever of LEVERS, or CPU_LEVERS under --smoke); `profile_lever`
+  names the lever the profile stage runs with (default: none, the plain step)."""
   summary: dict = {}
   step_rates: dict[str, float] = dict(previous_step_rates or {})
   if "requirements" in stages:
@@ -368,11 +371,12 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
 
   if "profile" in stages:
     # Kernels replayed from CUDA graphs can reach the trace without their op: profile without.
-    env = None if smoke else with_xla_flags("--xla_gpu_enable_command_buffer=")
-    for record in runner.run("profile", "mae_step", [
+    lever = LEVERS[profile_lever] if profile_lever else Lever()
+    flags = lever.xla_flags + (() if smoke else ("--xla_gpu_enable_command_buffer=",))
+    for record in runner.run("profile", f"mae_step_{profile_lever}" if profile_lever else "mae_step", [
         "bench/profile_step.py", "--config", sizes.lever_config, "--batch_size",
-        str(sizes.lever_batch_size), "--steps", str(sizes.steps), "--top", "40"],
-        sizes.job_timeout_s, env=env):
+        str(lever.batch_size or sizes.lever_batch_size), "--steps", str(sizes.steps), "--top",
+        "40", *lever.overrides], sizes.job_timeout_s, env=with_xla_flags(*flags)):
       if record.get("bench") == "profile_category":
         summary[f"profile_{record['category']}_share"] = record["share"]
       if record.get("bench") == "profile_summary":
@@ -418,6 +422,8 @@ def main(argv=None) -> None:
   parser.add_argument("--skip", default="", help="comma-separated stages not to run")
   parser.add_argument("--levers", default="",
                       help=f"comma-separated levers to measure (default all): {', '.join(LEVERS)}")
+  parser.add_argument("--profile_lever", default="",
+                      help="the lever the profile stage runs with (default: the plain step)")
   parser.add_argument("--previous", default="",
                       help="an earlier run's JSON lines: its step figures for the loop ratios")
   parser.add_argument("--budget_s", type=float, default=None,
@@ -426,7 +432,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   stages = [s for s in _stage_list(args.stages) if s not in _stage_list(args.skip)]
   levers = tuple(l.strip() for l in args.levers.split(",") if l.strip()) or None
-  unknown = [l for l in levers or () if l not in LEVERS]
+  unknown = [l for l in (*(levers or ()), *([args.profile_lever] if args.profile_lever else []))
+             if l not in LEVERS]
   if unknown:
     raise SystemExit(f"accelerator_suite: unknown lever(s) {unknown}; levers: {', '.join(LEVERS)}")
   sizes = smoke_sizes() if args.smoke else full_sizes()
@@ -438,7 +445,8 @@ def main(argv=None) -> None:
   if args.previous:
     lines = pathlib.Path(args.previous).read_text().splitlines()
     previous = step_rates_of([json.loads(l) for l in lines if l.startswith("{")])
-  summary = run_suite(stages, sizes, Runner(budget, log_dir), args.smoke, levers, previous)
+  summary = run_suite(stages, sizes, Runner(budget, log_dir), args.smoke, levers, previous,
+                      args.profile_lever)
   emit({"suite": "accelerator", "stage": "summary", "smoke": args.smoke, "stages": stages,
         "wall_s": time.monotonic() - start, "log_dir": str(log_dir), **summary})
 

@@ -106,6 +106,26 @@ def _check_finite(step: int, loss: float, checkpointer, *, grad_norm: float = 0.
         "the warmup, or use model.dtype=float32.")
 
 
+def _restore_or_init(setup: trainer.TrainSetup, checkpointer: ckpt_lib.Checkpointer,
+                     data_iter: prefetch.DevicePrefetcher) -> tuple[int, Any]:
+  """(first step, train state): the newest checkpoint's, data position included, or step 0's.
+
+  The restore reads straight into the state's shardings from its abstract shapes, and a fresh
+  state is built only when there is nothing to resume: initialising first and restoring over
+  it would hold two copies of the state on the device at start-up (a large model's memory
+  twice over). `data_iter` has read nothing yet (`DevicePrefetcher` starts on its first
+  batch), so the restored position is the one the first step reads from.
+  """
+  abstract, _ = setup.step_arg_shapes()
+  start_step, restored = checkpointer.restore_latest(abstract, data_iter)
+  if start_step is not None:
+    logging.info("Resuming from checkpoint step %d in %s", start_step, checkpointer.directory)
+    return start_step, restored
+  train_state = setup.init_state()
+  parameter_overview.log_parameter_overview(train_state["params"])
+  return 0, train_state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns the final metrics.
@@ -134,17 +154,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_iter = prefetch.DevicePrefetcher(data.iterator, mesh, config.data.prefetch)
   protocols = runner.parse_protocols(config.eval.protocols)
   evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
-  train_state = setup.init_state()
-
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  abstract, _ = setup.step_arg_shapes()
-  start_step, restored = checkpointer.restore_latest(abstract, data_iter)
-  if start_step is not None:
-    logging.info("Resuming from checkpoint step %d in %s", start_step, checkpointer.directory)
-    train_state = restored
-  else:
-    start_step = 0
-    parameter_overview.log_parameter_overview(train_state["params"])
+  start_step, train_state = _restore_or_init(setup, checkpointer, data_iter)
   if jax.process_index() == 0:
     metrics_io.drop_records_after(workdir, start_step)  # Steps the resumed run writes again.
   # MFU meter, where the chip's bf16 peak is known (accelerators; CPU runs skip the count).

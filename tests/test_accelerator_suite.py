@@ -113,8 +113,10 @@ def test_xla_flag_levers_append_to_the_callers_flags(monkeypatch):
 
 
 def test_unknown_lever_is_a_one_line_error():
-  with pytest.raises(SystemExit, match="unknown lever.*'flash'.*levers: attention_xla"):
+  with pytest.raises(SystemExit, match="unknown lever.*'flash'.*levers: baseline, attention_xla"):
     suite.main(["--smoke", "--stages", "levers", "--levers", "flash"])
+  with pytest.raises(SystemExit, match="unknown lever.*'fast'"):
+    suite.main(["--smoke", "--stages", "profile", "--profile_lever", "fast"])
 
 
 def test_unknown_stage_is_a_one_line_error():
@@ -148,3 +150,26 @@ def test_previous_run_supplies_the_step_rates_of_a_later_loop_stage():
             "job": "mae", "images_per_sec": 1500.0},
            {"stage": "loop", "bench": "loop", "job": "mae", "loop_images_per_sec": 2900.0}]
   assert suite.step_rates_of(lines) == {"mae": 3000.0}
+
+
+def test_levers_and_the_profiled_lever_reach_their_jobs(tmp_path):
+  """Each lever's overrides, XLA flags and batch size reach its job's command line and
+  environment, in the levers stage and, with --profile_lever, the profile stage."""
+  calls = []
+
+  class Recording:
+    def run(self, stage, job, argv, timeout_s, env=None):
+      calls.append((stage, job, argv, (env or {}).get("XLA_FLAGS", "")))
+      return []
+
+  sizes = suite.full_sizes()
+  suite.run_suite(["profile", "levers"], sizes, Recording(), smoke=False,
+                  levers=("batch_1024", "autotune_0"), profile_lever="cudnn_onehot_1024")
+  (_, profile_job, profile_argv, profile_flags), batch, autotune = calls
+  assert profile_job == "mae_step_cudnn_onehot_1024"
+  assert profile_argv[profile_argv.index("--batch_size") + 1] == "1024"
+  assert {"model.attention_impl=cudnn", "model.token_gather=onehot"} <= set(profile_argv)
+  assert "--xla_gpu_enable_command_buffer=" in profile_flags
+  assert batch[2][batch[2].index("--batch_size") + 1] == "1024"
+  assert autotune[2][autotune[2].index("--batch_size") + 1] == str(sizes.lever_batch_size)
+  assert "--xla_gpu_autotune_level=0" in autotune[3]

@@ -6,9 +6,11 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, parallel
 from ssl_jax.data import pipeline, prefetch, sources
 
@@ -92,6 +94,54 @@ def test_a_read_error_reaches_the_step_that_needed_the_batch_and_close_stops_the
   assert prefetch_threads()
   blocked.close()
   assert not prefetch_threads()
+  with pytest.raises(RuntimeError, match="was closed; build a new one"):
+    next(blocked)  # Not a wait forever on a queue that no thread fills.
+
+
+class _Reads:
+  """A host iterator that notes the position (its state) each batch is read from."""
+
+  def __init__(self, host):
+    self._host, self.read_from = host, []
+
+  def __next__(self):
+    self.read_from.append(self._host.get_state())
+    return next(self._host)
+
+  def get_state(self):
+    return self._host.get_state()
+
+  def set_state(self, state):
+    self._host.set_state(state)
+
+  def start_prefetch(self):
+    self._host.start_prefetch()
+
+
+def test_a_checkpoint_restored_after_construction_is_where_the_first_read_starts(mesh,
+                                                                                 tmp_path):
+  """The loop builds its prefetcher before it restores the checkpoint into it: a batch read
+  before the first one is asked for would come from the position before the restore."""
+  saved = _host_iterator()
+  for _ in range(3):
+    next(saved)
+  position = saved.get_state()
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+  state = {"step": jnp.asarray(3)}
+  checkpointer.save(3, state, saved, force=True)
+  host = _Reads(_host_iterator())
+  batches = prefetch.DevicePrefetcher(host, mesh, 3)
+  try:
+    step, _ = checkpointer.restore_latest(jax.eval_shape(lambda: state), batches)
+    assert step == 3
+    assert host.read_from == []  # Constructed and restored: nothing read yet.
+    assert batches.get_state() == position
+    for _ in range(4):
+      np.testing.assert_array_equal(np.asarray(next(batches)["label"]), next(saved)["label"])
+  finally:
+    batches.close()
+    checkpointer.close()
+  assert host.read_from[0] == position
 
 
 def test_negative_size_is_a_clear_error(mesh):

@@ -4,6 +4,7 @@ every stream, the class-stratified support sampler, and the `data.streams` confi
 import dataclasses
 import hashlib
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,14 +14,14 @@ import optax
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, methods, parallel, runs, train
+from ssl_jax import config_lib, methods, runs, train, trainer
 from ssl_jax.data import sources, streams, subsets
 from ssl_jax.methods import base
 
 TOY = "two_stream_toy"
 NUM_CLASSES = 10
 UNLABELED_WEIGHT = 0.5
-HOST_TO_GLOBAL = parallel.host_to_global
+MAKE_TRAIN_DATA = streams.make_train_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +90,41 @@ class Killed(Exception):
 
 
 class Recorder:
-  """Wraps parallel.host_to_global: records each host batch; optionally crashes at call n."""
+  """Wraps the run's host iterator: records each batch it reads; optionally crashes at read n.
+
+  Patched in as `streams.make_train_data`. It sits at the host iterator rather than at
+  `parallel.host_to_global` because that one also builds the zeros sample a fresh run
+  initialises on and a resumed run does not: here batches[k] is the k-th batch the data
+  pipeline handed out, in every run.
+  """
 
   def __init__(self, crash_at=None):
     self.batches, self.crash_at = [], crash_at
+    self._host = None
 
-  def __call__(self, batch, mesh):
+  def make_train_data(self, config, **kwargs):
+    data = MAKE_TRAIN_DATA(config, **kwargs)
+    self._host = data.iterator
+    return dataclasses.replace(data, iterator=self)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
     if self.crash_at is not None and len(self.batches) + 1 == self.crash_at:
       raise Killed()
+    batch = next(self._host)
     self.batches.append(jax.tree.map(np.asarray, batch))
-    return HOST_TO_GLOBAL(batch, mesh)
+    return batch
+
+  def get_state(self):
+    return self._host.get_state()
+
+  def set_state(self, state):
+    self._host.set_state(state)
+
+  def start_prefetch(self):
+    self._host.start_prefetch()
 
 
 def losses_by_step(workdir):
@@ -113,11 +139,10 @@ def straight_run(tmp_path_factory):
   recorder = Recorder()
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(methods, "method_class", lambda name: EntropyMinimisation)
-    patch.setattr(parallel, "host_to_global", recorder)
+    patch.setattr(streams, "make_train_data", recorder.make_train_data)
     train.train_and_evaluate(toy_config(), str(workdir), devices=jax.devices()[:1])
-  # The first call builds the init sample; the prefetch thread may have built a few batches
-  # past the last step.
-  return workdir, recorder.batches[1:9]
+  # The prefetch thread may have read a few batches past the last step.
+  return workdir, recorder.batches[:8]
 
 
 def test_two_streams_reach_the_method_labelled_from_the_subset_unlabelled_hidden(straight_run):
@@ -156,18 +181,48 @@ def test_killed_and_resumed_run_reads_the_batches_of_the_uninterrupted_run(strai
                                                                          tmp_path, monkeypatch):
   straight_dir, straight_batches = straight_run
   # Killed while fetching step 7's batch: steps 5 and 6 ran but the last checkpoint is step 4.
-  monkeypatch.setattr(parallel, "host_to_global", Recorder(crash_at=1 + 7))
+  monkeypatch.setattr(streams, "make_train_data", Recorder(crash_at=7).make_train_data)
   with pytest.raises(Killed):
     train.train_and_evaluate(toy_config(), str(tmp_path), devices=jax.devices()[:1])
   assert ckpt_lib.Checkpointer(str(tmp_path)).latest_step() == 4
   resumed = Recorder()
-  monkeypatch.setattr(parallel, "host_to_global", resumed)
+  monkeypatch.setattr(streams, "make_train_data", resumed.make_train_data)
   train.train_and_evaluate(toy_config(), str(tmp_path), devices=jax.devices()[:1])
-  after = resumed.batches[1:5]
+  after = resumed.batches[:4]
   assert [fingerprint(b) for b in after] == [fingerprint(b) for b in straight_batches[4:]]
   straight, resumed_losses = losses_by_step(straight_dir), losses_by_step(tmp_path)
   np.testing.assert_allclose([resumed_losses[s] for s in range(1, 9)],
                              [straight[s] for s in range(1, 9)], rtol=1e-6)
+
+
+def _count_init_state(monkeypatch):
+  """Patches `TrainSetup.init_state` to note each call; returns the list of notes."""
+  calls, real = [], trainer.TrainSetup.init_state
+
+  def counting(setup):
+    calls.append(setup.config.total_steps)
+    return real(setup)
+
+  monkeypatch.setattr(trainer.TrainSetup, "init_state", counting)
+  return calls
+
+
+def test_a_resumed_run_restores_without_building_a_fresh_state_first(straight_run, tmp_path,
+                                                                      monkeypatch):
+  """Initialising and then restoring over it would hold the state twice on the device."""
+  straight_dir, _ = straight_run
+  inits = _count_init_state(monkeypatch)
+  train.train_and_evaluate(toy_config(total_steps=1), str(tmp_path / "fresh"),
+                           devices=jax.devices()[:1])
+  assert inits == [1]  # A fresh run initialises, once.
+  workdir = tmp_path / "resumed"
+  shutil.copytree(straight_dir, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "8")  # Resumes from step 4.
+  train.train_and_evaluate(toy_config(), str(workdir), devices=jax.devices()[:1])
+  assert inits == [1]
+  straight, resumed = losses_by_step(straight_dir), losses_by_step(workdir)
+  np.testing.assert_allclose([resumed[s] for s in range(5, 9)],
+                             [straight[s] for s in range(5, 9)], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- support

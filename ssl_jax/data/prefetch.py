@@ -11,6 +11,11 @@ right after it, and `get_state()` returns the state recorded with the last batch
 taken, not the host iterator's (which is up to `size + 1` batches ahead). A checkpoint therefore
 holds the same bytes it would without prefetching. `size=0` builds each batch when it is asked
 for, in the caller's thread.
+
+Nothing is read before the first batch is asked for: the thread starts then, not when the
+prefetcher is built. The loop builds it before restoring a checkpoint's data position into it
+(`set_state`, refused once the thread runs), so every batch comes from the restored position
+however long start-up takes.
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ class DevicePrefetcher:
     return self
 
   def __next__(self) -> Any:
+    if self._stop.is_set():
+      # A new thread would see the stop flag and exit at once, leaving this call waiting forever
+      # on an empty queue.
+      raise RuntimeError("DevicePrefetcher was closed; build a new one to read more batches.")
     if self._size == 0:
       batch, self._state = self._next_item()
       return batch
