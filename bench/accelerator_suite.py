@@ -21,7 +21,8 @@ Stages, in the order they run (the most wanted figures first, so a spent budget 
   profile       where the MAE ViT-B/16 step's device time goes: ms per step by op category
                 (matmul, attention, elementwise, ...) and the costliest ops with the JAX op
                 each came from (bench/profile_step.py); `--profile_lever L` profiles it with
-                lever L on;
+                lever L on, `--profile_target pmae_dcgan|pmae_msg` profiles Perceptual MAE's
+                step instead (the pmae stage's preset and batch);
   large         MAE ViT-L/16 224 step (batch 128): mfu_model and compile seconds (target 0.5);
   levers        MAE ViT-B/16 step with each speed lever of docs/performance.md (fused attention,
                 remat, scanned blocks, one-hot token gather, XLA's GPU gemm/autotune/command
@@ -167,6 +168,16 @@ LEVERS = {
 }
 
 
+# What the profile stage can profile: (config, batch size) from the suite's sizes.
+PROFILE_TARGETS = {
+    "mae": lambda sizes: (sizes.lever_config, sizes.lever_batch_size),
+    "pmae_dcgan": lambda sizes: (f"configs/perceptual_mae.py:{sizes.pmae_preset},dcgan",
+                                 sizes.pmae_batch_size),
+    "pmae_msg": lambda sizes: (f"configs/perceptual_mae.py:{sizes.pmae_preset},msg",
+                               sizes.pmae_batch_size),
+}
+
+
 def with_xla_flags(*flags: str) -> dict[str, str] | None:
   """The job environment that appends `flags` to this process's XLA_FLAGS (None: no change)."""
   if not flags:
@@ -308,10 +319,11 @@ def step_rates_of(records: list[dict]) -> dict[str, float]:
 def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
               levers: tuple[str, ...] | None = None,
               previous_step_rates: dict[str, float] | None = None,
-              profile_lever: str = "") -> dict:
+              profile_lever: str = "", profile_target: str = "mae") -> dict:
   """Runs the stages in STAGES order; returns the summary figures. `levers` picks the levers
   stage's jobs (default: every lever of LEVERS, or CPU_LEVERS under --smoke); `profile_lever`
-  names the lever the profile stage runs with (default: none, the plain step)."""
+  names the lever the profile stage runs with (default: none, the plain step), `profile_target`
+  the step it profiles (PROFILE_TARGETS)."""
   summary: dict = {}
   step_rates: dict[str, float] = dict(previous_step_rates or {})
   if "requirements" in stages:
@@ -373,10 +385,12 @@ def run_suite(stages: list[str], sizes: Sizes, runner: Runner, smoke: bool,
     # Kernels replayed from CUDA graphs can reach the trace without their op: profile without.
     lever = LEVERS[profile_lever] if profile_lever else Lever()
     flags = lever.xla_flags + (() if smoke else ("--xla_gpu_enable_command_buffer=",))
-    for record in runner.run("profile", f"mae_step_{profile_lever}" if profile_lever else "mae_step", [
-        "bench/profile_step.py", "--config", sizes.lever_config, "--batch_size",
-        str(lever.batch_size or sizes.lever_batch_size), "--steps", str(sizes.steps), "--top",
-        "40", *lever.overrides], sizes.job_timeout_s, env=with_xla_flags(*flags)):
+    config, batch_size = PROFILE_TARGETS[profile_target](sizes)
+    job = "_".join([profile_target, "step", *([profile_lever] if profile_lever else [])])
+    for record in runner.run("profile", job, [
+        "bench/profile_step.py", "--config", config, "--batch_size",
+        str(lever.batch_size or batch_size), "--steps", str(sizes.steps), "--top", "40",
+        *lever.overrides], sizes.job_timeout_s, env=with_xla_flags(*flags)):
       if record.get("bench") == "profile_category":
         summary[f"profile_{record['category']}_share"] = record["share"]
       if record.get("bench") == "profile_summary":
@@ -422,6 +436,8 @@ def main(argv=None) -> None:
   parser.add_argument("--skip", default="", help="comma-separated stages not to run")
   parser.add_argument("--levers", default="",
                       help=f"comma-separated levers to measure (default all): {', '.join(LEVERS)}")
+  parser.add_argument("--profile_target", default="mae", choices=sorted(PROFILE_TARGETS),
+                      help="the step the profile stage profiles (default: MAE ViT-B/16)")
   parser.add_argument("--profile_lever", default="",
                       help="the lever the profile stage runs with (default: the plain step)")
   parser.add_argument("--previous", default="",
@@ -446,7 +462,7 @@ def main(argv=None) -> None:
     lines = pathlib.Path(args.previous).read_text().splitlines()
     previous = step_rates_of([json.loads(l) for l in lines if l.startswith("{")])
   summary = run_suite(stages, sizes, Runner(budget, log_dir), args.smoke, levers, previous,
-                      args.profile_lever)
+                      args.profile_lever, args.profile_target)
   emit({"suite": "accelerator", "stage": "summary", "smoke": args.smoke, "stages": stages,
         "wall_s": time.monotonic() - start, "log_dir": str(log_dir), **summary})
 

@@ -173,3 +173,18 @@ def test_levers_and_the_profiled_lever_reach_their_jobs(tmp_path):
   assert batch[2][batch[2].index("--batch_size") + 1] == "1024"
   assert autotune[2][autotune[2].index("--batch_size") + 1] == str(sizes.lever_batch_size)
   assert "--xla_gpu_autotune_level=0" in autotune[3]
+
+  calls.clear()
+  suite.run_suite(["profile"], sizes, Recording(), smoke=False, profile_target="pmae_dcgan")
+  [(_, job, argv, _)] = calls
+  assert job == "pmae_dcgan_step"
+  assert argv[argv.index("--config") + 1] == (
+      f"configs/perceptual_mae.py:{sizes.pmae_preset},dcgan")
+  assert argv[argv.index("--batch_size") + 1] == str(sizes.pmae_batch_size)
+
+
+@pytest.mark.parametrize("target", sorted(suite.PROFILE_TARGETS))
+def test_every_profile_target_is_a_loadable_config(target):
+  from ssl_jax import config_lib
+  config, _ = suite.PROFILE_TARGETS[target](suite.full_sizes())
+  config_lib.validate(config_lib.load_config(config))
