@@ -13,6 +13,7 @@ import pytest
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, parallel
 from ssl_jax.data import pipeline, prefetch, sources
+from tests.fixtures import host_iterators
 
 NUM_RECORDS = 40
 
@@ -98,24 +99,16 @@ def test_a_read_error_reaches_the_step_that_needed_the_batch_and_close_stops_the
     next(blocked)  # Not a wait forever on a queue that no thread fills.
 
 
-class _Reads:
+class _Reads(host_iterators.Forwarding):
   """A host iterator that notes the position (its state) each batch is read from."""
 
   def __init__(self, host):
-    self._host, self.read_from = host, []
+    super().__init__(host)
+    self.read_from = []
 
   def __next__(self):
     self.read_from.append(self._host.get_state())
     return next(self._host)
-
-  def get_state(self):
-    return self._host.get_state()
-
-  def set_state(self, state):
-    self._host.set_state(state)
-
-  def start_prefetch(self):
-    self._host.start_prefetch()
 
 
 def test_a_checkpoint_restored_after_construction_is_where_the_first_read_starts(mesh,

@@ -17,6 +17,7 @@ from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, methods, runs, train, trainer
 from ssl_jax.data import sources, streams, subsets
 from ssl_jax.methods import base
+from tests.fixtures import host_iterators
 
 TOY = "two_stream_toy"
 NUM_CLASSES = 10
@@ -89,7 +90,7 @@ class Killed(Exception):
   pass
 
 
-class Recorder:
+class Recorder(host_iterators.Forwarding):
   """Wraps the run's host iterator: records each batch it reads; optionally crashes at read n.
 
   Patched in as `streams.make_train_data`. It sits at the host iterator rather than at
@@ -99,16 +100,13 @@ class Recorder:
   """
 
   def __init__(self, crash_at=None):
+    super().__init__()
     self.batches, self.crash_at = [], crash_at
-    self._host = None
 
   def make_train_data(self, config, **kwargs):
     data = MAKE_TRAIN_DATA(config, **kwargs)
     self._host = data.iterator
     return dataclasses.replace(data, iterator=self)
-
-  def __iter__(self):
-    return self
 
   def __next__(self):
     if self.crash_at is not None and len(self.batches) + 1 == self.crash_at:
@@ -116,15 +114,6 @@ class Recorder:
     batch = next(self._host)
     self.batches.append(jax.tree.map(np.asarray, batch))
     return batch
-
-  def get_state(self):
-    return self._host.get_state()
-
-  def set_state(self, state):
-    self._host.set_state(state)
-
-  def start_prefetch(self):
-    self._host.start_prefetch()
 
 
 def losses_by_step(workdir):
