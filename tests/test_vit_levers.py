@@ -160,9 +160,18 @@ def test_bad_lever_values_name_the_valid_ones(key, value, match):
 def test_cudnn_attention_off_gpu_is_the_same_math_via_xla(caplog):
   if jax.default_backend() == "gpu":
     pytest.skip("on a GPU cudnn is used as asked")
-  options = registry.vit_speed_options(ml_collections.ConfigDict({"attention_impl": "cudnn"}))
+  options = registry.vit_speed_options(
+      ml_collections.ConfigDict({"attention_impl": "cudnn", "dtype": "bfloat16"}))
   assert options["attention_impl"] == "xla"
   assert "needs an NVIDIA GPU" in caplog.text
+
+
+def test_cudnn_attention_in_float32_is_the_same_math_via_xla(caplog):
+  """cuDNN's fused attention has no float32 kernel: XLA's fused attention instead, on any
+  backend, with a warning (not a failure inside the trace)."""
+  options = registry.vit_speed_options(ml_collections.ConfigDict({"attention_impl": "cudnn"}))
+  assert options["attention_impl"] == "xla"
+  assert "needs model.dtype=bfloat16; with float32" in caplog.text
 
 
 @pytest.mark.parametrize("num_tokens,multiple", [(5, 2), (17, 8), (16, 2)])

@@ -73,6 +73,12 @@ def vit_speed_options(model_config) -> dict[str, Any]:
   / `vit.run_blocks` keyword arguments. Values are checked by `config_lib.validate` and again
   by the modules."""
   attention_impl = model_config.get("attention_impl", "plain")
+  if attention_impl == "cudnn" and _dtype(model_config) != jnp.bfloat16:
+    # cuDNN's fused attention has bf16/fp16 kernels only; jax would fail inside the trace.
+    logging.warning("model.attention_impl='cudnn' needs model.dtype=bfloat16; with %s using "
+                    "'xla' (the same attention, fused by XLA).",
+                    model_config.get("dtype", "float32"))
+    attention_impl = "xla"
   if attention_impl == "cudnn" and jax.default_backend() != "gpu":
     # Same math as 'xla': a GPU run's checkpoint still evaluates and exports on CPU or TPU.
     logging.warning("model.attention_impl='cudnn' needs an NVIDIA GPU; on %s using 'xla' "
