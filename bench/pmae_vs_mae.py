@@ -7,8 +7,9 @@ Times the whole jitted train step of the one loop (`bench/train_step.py:measure`
 forward, backward, both optimizers, state update) for configs/mae.py:<preset> and
 configs/perceptual_mae.py:<preset> with each discriminator type, and prints one JSON line per
 run plus one per discriminator with ratio = PMAE step time / MAE step time (targets, issue
-13: <= 1.5 with the DCGAN discriminator, <= 4.3 with MSG, the authors' 65 vs 15 days). `key=value` overrides apply to both configs, `--pmae key=value ...` to Perceptual MAE
-only, e.g. the authors' code-path weights and no lagged copy:
+13: <= 1.5 with the DCGAN discriminator, <= 4.3 with MSG, the authors' 65 vs 15 days).
+`key=value` overrides apply to both configs, `--pmae key=value ...` to Perceptual MAE only,
+e.g. the authors' code-path weights and no lagged copy:
 
     python bench/pmae_vs_mae.py --preset vit_b16,imagenet --batch_size 2 model.dtype=float32 \
         --pmae method.loss_weights.l1=2.0 method.loss_weights.ssim=0.0 \

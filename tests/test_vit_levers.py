@@ -1,6 +1,7 @@
 """ViT speed levers (model.attention_impl, model.remat, model.scan_blocks, model.token_gather):
-same params, same outputs and gradients as the plain path on CPU; attention maps, timm export and the MAE loss
-unchanged; bad values rejected with the valid ones."""
+same params, same outputs and gradients as the plain path on CPU; attention maps, timm export
+and the MAE loss unchanged; cuDNN's padding of odd token counts exact; bad values rejected with
+the valid ones."""
 
 import jax
 import jax.numpy as jnp

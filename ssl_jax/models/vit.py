@@ -188,7 +188,7 @@ REMAT_CHOICES = ("none",) + tuple(REMAT_POLICIES)
 
 
 class PatchEmbed(nn.Module):
-  """Linear projection of flattened p x p patches, x_p E + b (ViT, Dosovitskiy et al. 2021, eq. 1).
+  """Linear projection of flattened p x p patches, x_p E + b (Dosovitskiy et al. 2021, eq. 1).
 
   Input: `patchify`'s [B, N, p*p*C]; output [B, N, D]. The params are those of a [p, p, C, D]
   stride-p 'VALID' convolution (timm's `patch_embed.proj`, MAE's init): such a convolution reads
@@ -257,8 +257,9 @@ class Attention(nn.Module):
       into 'intermediates'/'attention' for attention-map visualisation (DINO Fig. 1);
     'xla' / 'cudnn': `fused_attention` with that implementation ('cudnn': the fused
       flash-attention kernel of cuDNN on NVIDIA GPUs, bf16/fp16 only, odd token counts padded to
-      even; 'xla': the same math as 'plain' for XLA to fuse, any backend). The weights are never materialised, so nothing is
-      sown: `ssl_jax.attention` renders maps with a 'plain' clone of the encoder.
+      even; 'xla': the same math as 'plain' for XLA to fuse, any backend). The weights are never
+      materialised, so nothing is sown: `ssl_jax.attention` renders maps with a 'plain' clone of
+      the encoder.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
