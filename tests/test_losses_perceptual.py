@@ -177,6 +177,21 @@ def test_gram_matrix_matches_numpy():
   np.testing.assert_allclose(gram, np.swapaxes(gram, 1, 2), rtol=1e-6)  # symmetric
 
 
+def test_gram_matrix_of_bfloat16_features_is_their_float32_gram():
+  """bf16 features multiply on the matrix units into float32: the same Gram (up to summation
+  order) as upcasting them first at full float32 precision, and a float32 result."""
+  f = jnp.asarray(np.random.RandomState(6).randn(2, 7, 5, 16), jnp.bfloat16)
+  gram = P.gram_matrix(f)
+  assert gram.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(gram), _np_gram(np.asarray(f, np.float64)),
+                             rtol=1e-6, atol=1e-7)
+  grad = jax.grad(lambda x: jnp.sum(P.gram_matrix(x) ** 2))(f)
+  expected = jax.grad(lambda x: jnp.sum(P.gram_matrix(x.astype(jnp.float32)) ** 2))(f)
+  assert grad.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(expected, np.float32),
+                             rtol=1e-2, atol=1e-3)
+
+
 def test_feature_matching_and_style_losses_match_numpy():
   rng = np.random.RandomState(5)
   fake = [rng.randn(2, 4, 4, 3).astype(np.float32), rng.randn(2, 2, 2, 6).astype(np.float32)]
