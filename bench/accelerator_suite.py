@@ -266,7 +266,9 @@ class Runner:
           record = json.loads(line)
         except json.JSONDecodeError:
           continue
-        records.append({**record, **base})
+        # job_wall_s: the whole child process (start-up, FLOP count, compile, steps), what a
+        # device lease's budget is planned with.
+        records.append({**record, **base, "job_wall_s": seconds})
         emit(records[-1])
     if code is None:
       emit({**base, "error": f"timed out after {timeout:.0f} s", "wall_s": seconds})
