@@ -501,8 +501,7 @@ class VisionTransformer(nn.Module):
 
     patches = patchify(images, self.patch_size)
     pos_embed = self._position_embedding(grid).astype(self.dtype)
-    patch_pos_embed = jnp.broadcast_to(pos_embed[:, self.num_prefix_tokens:],
-                                       (batch, grid[0] * grid[1], self.hidden_size))
+    patch_pos_embed = pos_embed[:, self.num_prefix_tokens:]
     if keep_ids is not None:
       chex.assert_rank(keep_ids, 2)
       if keep_ids.shape[0] != batch:
@@ -512,7 +511,9 @@ class VisionTransformer(nn.Module):
       # The embedding is per patch, so gathering pixels and position embeddings first gives
       # MAE's embed-add-gather sums while embedding only the kept patches (a quarter in MAE).
       patches = masking.select_tokens(patches, keep_ids, self.token_gather)
-      patch_pos_embed = masking.select_tokens(patch_pos_embed, keep_ids, self.token_gather)
+      patch_pos_embed = masking.select_tokens(
+          jnp.broadcast_to(patch_pos_embed, (batch,) + patch_pos_embed.shape[1:]), keep_ids,
+          self.token_gather)
     x = PatchEmbed(self.patch_size, self.hidden_size, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="patch_embed")(patches)
     x = x + patch_pos_embed
