@@ -152,6 +152,8 @@ LEVERS = {
     "baseline": Lever(),
     "attention_xla": Lever(("model.attention_impl=xla",)),
     "attention_cudnn": Lever(("model.attention_impl=cudnn",)),
+    # TPU only (elsewhere the config falls back to 'xla'): Pallas splash attention.
+    "attention_splash": Lever(("model.attention_impl=splash",)),
     "remat_dots": Lever(("model.remat=dots_saveable",)),
     "scan_blocks": Lever(("model.scan_blocks=True",)),
     "scan_cudnn": Lever(("model.scan_blocks=True", "model.attention_impl=cudnn")),

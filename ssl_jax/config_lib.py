@@ -242,7 +242,7 @@ _CHOICES = {
     "model.pool": ("cls", "mean"),
     "model.pos_embed": ("learn", "sincos"),
     "model.stem": ("imagenet", "cifar"),
-    "model.attention_impl": ("plain", "xla", "cudnn"),  # vit.ATTENTION_IMPLS
+    "model.attention_impl": ("plain", "xla", "cudnn", "splash"),  # vit.ATTENTION_IMPLS
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
     "model.token_gather": ("take", "onehot"),  # masking.TOKEN_GATHERS
     "optim.name": ("adamw", "lars", "lamb", "sgd", "larc_sgd"),  # optim.OPTIMIZERS
@@ -435,7 +435,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stem = "cifar"
   c.model.batch_norm_momentum = 0.999  # Wide ResNets (wrn_*): FixMatch's; ResNets keep 0.9.
   # ViT speed levers (docs/performance.md): same params and math, other speed or memory.
-  c.model.attention_impl = "plain"  # plain | xla | cudnn (jax.nn.dot_product_attention)
+  c.model.attention_impl = "plain"  # plain | xla | cudnn (GPU) | splash (TPU): vit.Attention
   c.model.remat = "none"        # none | full | dots_saveable | dots_with_no_batch_dims_saveable
   c.model.scan_blocks = False   # One lax.scan over the blocks: compile time.
   c.model.token_gather = "take"  # take | onehot: MAE's visible-patch gather as a matmul.

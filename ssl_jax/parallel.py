@@ -9,7 +9,10 @@ explicit shardings runs the same program on one CPU and on a pod.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import contextvars
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -83,6 +86,41 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
     return NamedSharding(mesh, _fsdp_spec(shape, fsdp_size))
 
   return jax.tree.map(sharding, abstract_state)
+
+
+# The mesh of the function being traced, for the few ops that must be split over the batch by
+# hand: XLA's SPMD partitioner cannot split a Pallas kernel (a custom call), so it would gather
+# the whole batch onto every device (`models.splash.splash_attention` shard_maps instead).
+_TRACING_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
+    "tracing_mesh", default=None)
+
+
+@contextlib.contextmanager
+def tracing_mesh(mesh: Mesh):
+  """Within the block, `current_mesh()` is `mesh`."""
+  token = _TRACING_MESH.set(mesh)
+  try:
+    yield mesh
+  finally:
+    _TRACING_MESH.reset(token)
+
+
+def current_mesh() -> Mesh | None:
+  """The mesh set by the innermost `tracing_mesh` / `on_mesh`, or None outside any."""
+  return _TRACING_MESH.get()
+
+
+def on_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` run with `current_mesh()` = `mesh`. Wrap the function given to `jax.jit`: the
+  context is then set while jit traces it, in whichever thread traces (a background compile
+  too), and costs nothing at run time."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with tracing_mesh(mesh):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def host_to_global(local_batch: Any, mesh: Mesh) -> Any:

@@ -178,9 +178,10 @@ def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoc
 
   abstract_state = jax.eval_shape(init_fn, init_rng, sample)
   shardings = parallel.state_shardings(abstract_state, mesh)
+  # on_mesh: ops that must be split over the batch by hand (Pallas kernels) see the mesh.
   step = jax.jit(
-      make_train_step(method, tx, grad_accum_steps=config.optim.grad_accum_steps,
-                      base_rng=step_rng),
+      parallel.on_mesh(make_train_step(method, tx, grad_accum_steps=config.optim.grad_accum_steps,
+                                       base_rng=step_rng), mesh),
       in_shardings=(shardings, parallel.batch_sharding(mesh)),
       out_shardings=(shardings, parallel.replicated(mesh)),
       donate_argnums=(0,))

@@ -41,9 +41,9 @@ class FeatureEvaluator:
     self.num_classes = int(num_classes)
     self.batch_size = int(config.eval.batch_size)
     parallel.check_batch_size(self.batch_size, mesh, what="eval.batch_size")
-    self._features = jax.jit(method.features,
+    self._features = jax.jit(parallel.on_mesh(method.features, mesh),
                              out_shardings=parallel.batch_sharding(mesh))
-    self._embeddings = jax.jit(method.embeddings,
+    self._embeddings = jax.jit(parallel.on_mesh(method.embeddings, mesh),
                                out_shardings=parallel.batch_sharding(mesh))
 
   @property

@@ -84,6 +84,11 @@ def vit_speed_options(model_config) -> dict[str, Any]:
     logging.warning("model.attention_impl='cudnn' needs an NVIDIA GPU; on %s using 'xla' "
                     "(the same attention, fused by XLA).", jax.default_backend())
     attention_impl = "xla"
+  if attention_impl == "splash" and jax.default_backend() != "tpu":
+    # Pallas would run the TPU kernel in its (slow) interpreter; same math as 'xla'.
+    logging.warning("model.attention_impl='splash' needs a TPU; on %s using 'xla' "
+                    "(the same attention, fused by XLA).", jax.default_backend())
+    attention_impl = "xla"
   return dict(attention_impl=attention_impl, remat=model_config.get("remat", "none"),
               scan_blocks=bool(model_config.get("scan_blocks", False)),
               token_gather=model_config.get("token_gather", "take"))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.data import masking
+from ssl_jax.models import splash
 
 Dtype = Any
 
@@ -174,7 +175,7 @@ class MlpBlock(nn.Module):
     return dense(x.shape[-1], "fc2")(y)
 
 
-ATTENTION_IMPLS = ("plain", "xla", "cudnn")
+ATTENTION_IMPLS = ("plain", "xla", "cudnn", "splash")
 REMAT_POLICIES = {
     # Every activation of a block is recomputed in the backward pass (jax.checkpoint's default).
     "full": None,
@@ -259,7 +260,10 @@ class Attention(nn.Module):
       flash-attention kernel of cuDNN on NVIDIA GPUs, bf16/fp16 only, odd token counts padded to
       even; 'xla': the same math as 'plain' for XLA to fuse, any backend). The weights are never
       materialised, so nothing is sown: `ssl_jax.attention` renders maps with a 'plain' clone of
-      the encoder.
+      the encoder;
+    'splash': the Pallas splash-attention kernel of TPUs (`splash.splash_attention`; tokens
+      padded to whole 128-token blocks, the padding masked as its own segment). Off a TPU it
+      runs in Pallas' interpreter (tests); `registry.vit_speed_options` picks 'xla' there.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -281,6 +285,8 @@ class Attention(nn.Module):
                        f"{self.attention_impl!r}.")
     if self.attention_impl == "plain":
       out = self._plain(query, key, value, head_dim)
+    elif self.attention_impl == "splash":
+      out = splash.splash_attention(query, key, value, scale=head_dim ** -0.5)
     else:
       out = fused_attention(
           query, key, value, scale=head_dim ** -0.5, implementation=self.attention_impl,
