@@ -86,8 +86,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config(arg) function.")
-  config = module.get_config(arg) if arg else module.get_config()
-  return config
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except ConfigError:
+    raise
+  except ValueError as error:  # e.g. configs/common.py's UnknownPresetError: a bad `:arg`.
+    raise ConfigError(f"{spec}: {error}") from error
 
 
 def _parse_value(text: str, current: Any) -> Any:

@@ -18,10 +18,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ssl_jax import errors
+
 BATCH_AXES = ("data", "fsdp")
 # Arrays smaller than this are replicated even under FSDP: sharding a bias saves nothing and
 # costs a collective.
 FSDP_MIN_SIZE = 2**12
+
+
+class MeshError(errors.UserError, ValueError):
+  """The mesh or a batch size does not fit the devices (a config value to change)."""
 
 
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -30,13 +36,14 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   fsdp = int(mesh_config.fsdp)
   data = int(mesh_config.data)
   if fsdp < 1:
-    raise ValueError(f"mesh.fsdp must be >= 1, got {fsdp}.")
+    raise MeshError(f"mesh.fsdp must be >= 1, got {fsdp}.")
   if data == -1:
     if len(devices) % fsdp:
-      raise ValueError(f"mesh.fsdp={fsdp} does not divide the {len(devices)} devices.")
+      raise MeshError(f"mesh.fsdp={fsdp} does not divide the {len(devices)} devices; use a "
+                      f"divisor of {len(devices)} (mesh.fsdp=1 replicates the params).")
     data = len(devices) // fsdp
   if data * fsdp != len(devices):
-    raise ValueError(f"mesh.data * mesh.fsdp = {data} * {fsdp} = {data * fsdp}, but there are "
+    raise MeshError(f"mesh.data * mesh.fsdp = {data} * {fsdp} = {data * fsdp}, but there are "
                      f"{len(devices)} devices. Set mesh.data=-1 to use all of them.")
   return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
 
@@ -55,13 +62,13 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, *, what: str = "batch_s
   num_devices = mesh.devices.size
   if global_batch_size % num_devices:
     lower = global_batch_size // num_devices * num_devices
-    raise ValueError(
+    examples = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
+    raise MeshError(
         f"{what}={global_batch_size} is not divisible by the {num_devices} devices of the mesh "
-        f"{dict(mesh.shape)}. Use a multiple of {num_devices}, e.g. {max(lower, num_devices)} "
-        f"or {lower + num_devices}.")
+        f"{dict(mesh.shape)}. Use a multiple of {num_devices}, e.g. {examples}.")
   if global_batch_size % jax.process_count():
-    raise ValueError(f"{what}={global_batch_size} is not divisible by the "
-                     f"{jax.process_count()} processes.")
+    raise MeshError(f"{what}={global_batch_size} is not divisible by the "
+                    f"{jax.process_count()} processes.")
 
 
 def _fsdp_spec(shape: Sequence[int], fsdp_size: int) -> P:

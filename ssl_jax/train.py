@@ -149,11 +149,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   setup = trainer.build(config, devices=devices, total_steps=total_steps,
                         steps_per_epoch=steps_per_epoch, num_classes=data.num_classes)
   mesh, method, schedule, train_step = setup.mesh, setup.method, setup.schedule, setup.step
+  # Before the compile starts: an eval source or batch size it rejects fails at once, not after
+  # the process has waited for a compile that cannot be cancelled.
+  protocols = runner.parse_protocols(config.eval.protocols)
+  evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
   compile_start = time.time()
   step_compiled = setup.compile_step_in_background()  # Overlaps the rest of start-up.
   data_iter = prefetch.DevicePrefetcher(data.iterator, mesh, config.data.prefetch)
-  protocols = runner.parse_protocols(config.eval.protocols)
-  evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   start_step, train_state = _restore_or_init(setup, checkpointer, data_iter)
   if jax.process_index() == 0:

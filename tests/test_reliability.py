@@ -451,3 +451,35 @@ def test_a_method_rejecting_its_own_values_is_a_config_error_before_any_work(tmp
   config.method.view.size = 30  # not divisible by the 4-pixel patches
   with pytest.raises(config_lib.ConfigError, match="not divisible by the patch size"):
     trainer.build(config, total_steps=2, steps_per_epoch=1)
+
+
+def test_an_unknown_preset_is_a_config_error_naming_the_known_ones():
+  with pytest.raises(config_lib.ConfigError, match=r"mae.py:smok: Unknown preset.*'smoke'"):
+    config_lib.load_config(f"{REPO}/configs/mae.py:smok")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("mesh.data=3", r"mesh.data \* mesh.fsdp = 3 \* 1 = 3, but there are 8 devices"),
+    ("mesh.fsdp=3", "mesh.fsdp=3 does not divide the 8 devices; use a divisor"),
+    ("batch_size=12", r"batch_size=12 is not divisible .* e.g. 8 or 16\.$"),
+    ("batch_size=6", r"batch_size=6 is not divisible .* e.g. 8\.$")])
+def test_a_mesh_or_batch_that_does_not_fit_the_devices_is_a_user_error(override, match):
+  """User errors (one line on the command line, no traceback), raised by the setup before any
+  compile."""
+  from ssl_jax import parallel, trainer
+  config = config_lib.load_config(f"{REPO}/configs/mae.py:smoke")
+  config_lib.apply_overrides(config, [override])
+  with pytest.raises(parallel.MeshError, match=match) as error:
+    trainer.build(config, total_steps=2, steps_per_epoch=1)
+  assert isinstance(error.value, errors.UserError)
+
+
+def test_a_bad_eval_batch_size_fails_before_the_train_step_compiles(tmp_path, monkeypatch):
+  from ssl_jax import parallel, trainer
+  compiles = []
+  monkeypatch.setattr(trainer.TrainSetup, "compile_step_in_background",
+                      lambda self: compiles.append(self))
+  config = smoke_config(**{"eval.batch_size": 12, "eval.protocols": "knn"})
+  with pytest.raises(parallel.MeshError, match="eval.batch_size=12"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not compiles
