@@ -320,11 +320,19 @@ def test_tfds_tfrecord_falls_back_to_memory(tiny_tfds, monkeypatch):
 
 
 def test_tfds_errors(tmp_path, tiny_tfds):
-  del tiny_tfds  # Only registers the builder.
+  tiny_dirs = tiny_tfds  # Also registers the builder.
   with pytest.raises(FileNotFoundError, match="tfds build ssl_jax_tiny_shapes"):
     sources.get_source("tfds:ssl_jax_tiny_shapes", "train", image_size=8, data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="no dataset named 'no_such_dataset_xyz'"):
     sources.get_source("tfds:no_such_dataset_xyz", "train", image_size=8, data_dir=str(tmp_path))
+  # A registered dataset never prepared under the default data_dir (tfds raises a KeyError on
+  # its empty splits there): the same one-line error, not the KeyError.
+  with pytest.raises(sources.DataNotFoundError, match="tfds build cifar10"):
+    sources.get_source("tfds:cifar10", "train", image_size=8, data_dir=str(tmp_path / "none"))
+  for data_dir in (tiny_dirs["array_record"], tiny_dirs["tfrecord"]):
+    with pytest.raises(sources.DataError, match=r"validation.*\['train'\]"):
+      sources.get_source("tfds:ssl_jax_tiny_shapes:validation", "train", image_size=8,
+                         data_dir=data_dir)
 
 
 # ----------------------------------------------------------------------------- get_source

@@ -457,10 +457,10 @@ def _tfrecord_in_memory(builder, name: str, split: str, *, image_size: int,
   needed = num_records * image_size * image_size * 3
   if needed > MAX_IN_MEMORY_BYTES:
     raise DataError(
-                    f"TFDS dataset {name!r} is prepared as {builder.info.file_format.value}, which has no "
-                    f"random access, and split {split!r} would need {needed / 2**30:.1f} GiB in memory at "
-                    f"image_size={image_size} (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB). Prepare it as "
-                    f"array_record: `{_build_command(name, data_dir)}`.")
+        f"TFDS dataset {name!r} is prepared as {builder.info.file_format.value}, which has no "
+        f"random access, and split {split!r} would need {needed / 2**30:.1f} GiB in memory at "
+        f"image_size={image_size} (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB). Prepare it as "
+        f"array_record: `{_build_command(name, data_dir)}`.")
   logging.info("TFDS %s:%s is TFRecord-only; reading its %d records into memory.", name, split,
                num_records)
   features = builder.info.features
@@ -487,14 +487,23 @@ def tfds_source(name: str, split: str, *, image_size: int,
     # TFDS's own message lists every registered dataset; say only what is wrong.
     raise DataError(f"TFDS has no dataset named {name!r}; see "
                     "https://www.tensorflow.org/datasets/catalog for the names.") from None
-  except NotImplementedError:
-    # Raised both for a TFRecord-only dataset and for one that is not prepared at all.
+  except ValueError as error:  # A split or slice tfds rejects ("Unknown split 'val'...").
+    raise DataError(f"tfds:{name}:{split}: {error}") from None
+  except (NotImplementedError, KeyError) as error:
+    # NotImplementedError: a TFRecord-only dataset, or (some tfds versions) one not prepared at
+    # all; KeyError: not prepared (other versions: its splits are empty), or no such split.
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
       raise DataNotFoundError(
-                              f"TFDS dataset {name!r} is not prepared under {builder.data_dir!r}. Prepare it once "
-                              f"(on each host, or on a shared gs:// data_dir): `{_build_command(name, data_dir)}`."
+          f"TFDS dataset {name!r} is not prepared under {builder.data_dir!r}. Prepare it once "
+          f"(on each host, or on a shared gs:// data_dir): `{_build_command(name, data_dir)}`."
       ) from None
+    prepared_splits = sorted(builder.info.splits)
+    if split.split("[")[0] not in prepared_splits:
+      raise DataError(f"TFDS dataset {name!r} has no split {split!r}; it has "
+                      f"{prepared_splits} (choose one with tfds:{name}:SPLIT).") from None
+    if isinstance(error, KeyError):
+      raise
     return _tfrecord_in_memory(builder, name, split, image_size=image_size, data_dir=data_dir)
   return TfdsSource(records, name=name, split=split, data_dir=data_dir, image_size=image_size)
 
