@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from ssl_jax import errors
-from ssl_jax.data import streams
+from ssl_jax.data import streams, subsets
 
 REQUIRED_TOP_LEVEL = (
     "seed", "batch_size", "total_steps", "epochs", "log_every", "eval_every",
@@ -175,6 +175,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   profiler.parse_window(config.get("profile_steps", ""))
   _check_method_keys(config)
   _check_ranges(config)
+  try:
+    subsets.parse_spec(config.data.train_subset)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   accum = config.optim.grad_accum_steps
   if accum < 1 or config.batch_size % accum:
     raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1 and divide "

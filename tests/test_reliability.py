@@ -483,3 +483,17 @@ def test_a_bad_eval_batch_size_fails_before_the_train_step_compiles(tmp_path, mo
   with pytest.raises(parallel.MeshError, match="eval.batch_size=12"):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert not compiles
+
+
+@pytest.mark.parametrize("spec,override,match", [
+    ("configs/simclr.py:smoke", "method.temperature=0", "method.temperature must be > 0"),
+    ("configs/dino.py:smoke", "method.local_crops_number=-1", "local_crops_number must be >= 0"),
+    ("configs/mae.py:smoke", "data.train_subset=abc", "Bad data.train_subset 'abc'")])
+def test_method_values_checked_while_the_step_traces_are_user_errors(tmp_path, spec, override,
+                                                                     match):
+  """Some method values are first read while the train step traces (after the state is
+  initialised): they too raise a ConfigError, printed in one line by the command line."""
+  config = config_lib.load_config(f"{REPO}/{spec}")
+  config_lib.apply_overrides(config, [override, "total_steps=2", "eval.protocols="])
+  with pytest.raises(config_lib.ConfigError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / "w"))

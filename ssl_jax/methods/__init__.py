@@ -9,6 +9,7 @@ import importlib
 
 import ml_collections
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import base
 
 _METHODS: dict[str, str] = {
@@ -80,14 +81,14 @@ def default_method_config(name: str) -> ml_collections.ConfigDict | None:
 
 def method_class(name: str) -> type[base.Method]:
   if name not in _METHODS:
-    raise ValueError(f"Unknown method.name {name!r}; available: {sorted(_METHODS)}.")
+    raise ConfigError(f"Unknown method.name {name!r}; available: {sorted(_METHODS)}.")
   module_name, class_name = _METHODS[name].split(":")
   try:
     module = importlib.import_module(module_name)
   except ModuleNotFoundError as e:
     if e.name == module_name:
-      raise ValueError(f"method.name {name!r} is registered but {module_name} is not "
-                       "installed in this checkout.") from e
+      raise ConfigError(f"method.name {name!r} is registered but {module_name} is not "
+                        "installed in this checkout.") from e
     raise
   return getattr(module, class_name)
 

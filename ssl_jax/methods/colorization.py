@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import colorspace
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment
 from ssl_jax.losses import colorization as color_losses
 from ssl_jax.methods import patch_grid
@@ -80,13 +81,14 @@ class Colorization(patch_grid.PatchGridMethod):
   def __post_init__(self):
     m = self.config.method
     if tuple(m.view.mean) != (0.0, 0.0, 0.0) or tuple(m.view.std) != (1.0, 1.0, 1.0):
-      raise ValueError("colorization converts unit RGB to Lab: method.view.mean must be "
-                       f"(0, 0, 0) and method.view.std (1, 1, 1); got {m.view.mean}, {m.view.std}.")
+      raise ConfigError("colorization converts unit RGB to Lab: method.view.mean must be "
+                        f"(0, 0, 0) and method.view.std (1, 1, 1); got {m.view.mean}, "
+                        f"{m.view.std}.")
     if not self.config.model.name.startswith("vit_"):
-      raise ValueError(f"colorization needs a ViT backbone (model.name = vit_*); got "
-                       f"{self.config.model.name!r}.")
+      raise ConfigError(f"colorization needs a ViT backbone (model.name = vit_*); got "
+                        f"{self.config.model.name!r}.")
     if self.patch_size % m.output_stride or self.image_size % self.patch_size:
-      raise ValueError(
+      raise ConfigError(
           f"method.output_stride={m.output_stride} must divide the patch size {self.patch_size}, "
           f"which must divide method.view.size={self.image_size}.")
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment, pretext_views
 from ssl_jax.methods import pretext
 
@@ -55,10 +56,10 @@ class Context(pretext.PretextClassifier):
     super().__post_init__()
     m = self.config.method
     if m.color_guard not in COLOR_GUARDS:
-      raise ValueError(f"method.color_guard must be one of {COLOR_GUARDS}, got "
-                       f"{m.color_guard!r}.")
+      raise ConfigError(f"method.color_guard must be one of {COLOR_GUARDS}, got "
+                        f"{m.color_guard!r}.")
     if m.gap < 0 or m.jitter < 0:
-      raise ValueError(f"method.gap and method.jitter must be >= 0, got {m.gap}, {m.jitter}.")
+      raise ConfigError(f"method.gap and method.jitter must be >= 0, got {m.gap}, {m.jitter}.")
     pretext_views.check_grid(self.config.data.image_size, **self.geometry,
                              what="context (method.patch_size, method.gap, method.jitter)")
 

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax import collapse, attention, optim
+from ssl_jax import attention, collapse, optim
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.losses import distillation, schedules
 from ssl_jax.methods import base, views
 from ssl_jax.models import heads, registry, vit
@@ -115,10 +116,11 @@ class DINO(base.Method):
   def crop_recipes(self) -> list[tuple[ml_collections.ConfigDict, int]]:
     m = self._m
     if m.global_view_1.size != m.global_view_2.size:
-      raise ValueError(f"The two global crops must have one size (the teacher sees them as one "
-                       f"batch); got {m.global_view_1.size} and {m.global_view_2.size}.")
+      raise ConfigError(f"The two global crops must have one size (the teacher sees them as one "
+                        f"batch); got method.global_view_1.size={m.global_view_1.size} and "
+                        f"method.global_view_2.size={m.global_view_2.size}.")
     if m.local_crops_number < 0:
-      raise ValueError(f"method.local_crops_number must be >= 0, got {m.local_crops_number}.")
+      raise ConfigError(f"method.local_crops_number must be >= 0, got {m.local_crops_number}.")
     recipes = [(m.global_view_1, 1), (m.global_view_2, 1)]
     if m.local_crops_number:
       recipes.append((m.local_view, int(m.local_crops_number)))

@@ -47,6 +47,7 @@ import numpy as np
 from absl import logging
 
 from ssl_jax import runs
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.losses import knowledge_distillation
 from ssl_jax.methods import base, build_method, online_probe
 from ssl_jax.methods import semi_supervised as ssl
@@ -85,10 +86,10 @@ def load_teacher(workdir: str, step: int | None = None) -> Teacher:
   config = runs.load_config(workdir)
   method = build_method(config)
   if not hasattr(method, "logits"):
-    raise ValueError(f"method.teacher_workdir={workdir} holds a {config.method.name!r} run, "
-                     "which has no classifier to distil; use a run that has one (supervised, "
-                     "a fine-tuned self-supervised run, fixmatch, mean_teacher, pseudo_label, "
-                     "distill).")
+    raise ConfigError(f"method.teacher_workdir={workdir} holds a {config.method.name!r} run, "
+                      "which has no classifier to distil; use a run that has one (supervised, "
+                      "a fine-tuned self-supervised run, fixmatch, mean_teacher, pseudo_label, "
+                      "distill).")
   run = runs.load_checkpoint(workdir, step)
   # An online probe (eval.online_probe) is not the run's classifier; its params are dropped.
   params = {k: v for k, v in run.params.items() if k != online_probe.PROBE_KEY}
@@ -107,21 +108,21 @@ class Distill(ssl.SemiSupervisedClassifier):
     super().__post_init__()
     m = self.config.method
     if not m.teacher_workdir:
-      raise ValueError("method.teacher_workdir is empty: set it to the workdir of a trained "
-                       "run with a classifier, e.g. --config.method.teacher_workdir=/tmp/sup.")
+      raise ConfigError("method.teacher_workdir is empty: set it to the workdir of a trained "
+                        "run with a classifier, e.g. --config.method.teacher_workdir=/tmp/sup.")
     if not m.temperature > 0:
-      raise ValueError(f"method.temperature must be > 0, got {m.temperature}.")
+      raise ConfigError(f"method.temperature must be > 0, got {m.temperature}.")
     if not 0.0 <= m.alpha <= 1.0:
-      raise ValueError(f"method.alpha must be in [0, 1], got {m.alpha}.")
+      raise ConfigError(f"method.alpha must be in [0, 1], got {m.alpha}.")
     declared = set(self.config.data.streams.keys())
     if declared - set(STREAMS) or (declared and ssl.UNLABELED not in declared):
-      raise ValueError(f"distill reads the {ssl.UNLABELED!r} stream (and {ssl.LABELED!r} for "
-                       f"the labelled cross-entropy), or the single-stream batch; "
-                       f"config.data.streams declares {sorted(declared)}.")
+      raise ConfigError(f"distill reads the {ssl.UNLABELED!r} stream (and {ssl.LABELED!r} for "
+                        f"the labelled cross-entropy), or the single-stream batch; "
+                        f"config.data.streams declares {sorted(declared)}.")
     if m.alpha < 1.0 and ssl.LABELED not in declared:
-      raise ValueError(f"method.alpha={m.alpha} weights a cross-entropy on labelled data by "
-                       f"1 - alpha: declare a {ssl.LABELED!r} stream in config.data.streams, "
-                       "or set method.alpha=1.0 to distil only.")
+      raise ConfigError(f"method.alpha={m.alpha} weights a cross-entropy on labelled data by "
+                        f"1 - alpha: declare a {ssl.LABELED!r} stream in config.data.streams, "
+                        "or set method.alpha=1.0 to distil only.")
 
   @functools.cached_property
   def teacher(self) -> Teacher:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import semi_supervised as ssl
 
 
@@ -52,9 +53,9 @@ class FixMatch(ssl.SemiSupervisedClassifier):
     super().__post_init__()
     m = self.config.method
     if not 0.0 <= m.threshold <= 1.0:
-      raise ValueError(f"method.threshold must be in [0, 1], got {m.threshold}.")
+      raise ConfigError(f"method.threshold must be in [0, 1], got {m.threshold}.")
     if not 0.0 <= m.cutout_fraction <= 1.0:
-      raise ValueError(f"method.cutout_fraction must be in [0, 1], got {m.cutout_fraction}.")
+      raise ConfigError(f"method.cutout_fraction must be in [0, 1], got {m.cutout_fraction}.")
 
   def weak_and_strong(self, rng, images):
     """(weak, strong) normalised views of the same uint8 images, row i of both from image i."""

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment
 from ssl_jax.losses import perceptual, reconstruction
 from ssl_jax.methods import patch_grid
@@ -94,11 +95,11 @@ def hole_mask(rng: jax.Array, batch: int, size: int, *, region: str,
               fraction: float) -> jax.Array:
   """[B, size, size, 1] float mask, 1 inside each image's square hole of side round(f * size)."""
   if region not in REGIONS:
-    raise ValueError(f"method.region must be one of {REGIONS}; got {region!r}.")
+    raise ConfigError(f"method.region must be one of {REGIONS}; got {region!r}.")
   side = int(round(fraction * size))
   if not 0 < side < size:
-    raise ValueError(f"method.region_fraction={fraction} gives a hole of {side} pixels in a "
-                     f"{size}-pixel image; choose a fraction in (0, 1).")
+    raise ConfigError(f"method.region_fraction={fraction} gives a hole of {side} pixels in a "
+                      f"{size}-pixel image; choose a fraction in (0, 1).")
   if region == "center":
     corners = jnp.full((batch, 2), (size - side) // 2)
   else:
@@ -115,11 +116,11 @@ class Inpainting(patch_grid.PatchGridMethod):
   def __post_init__(self):
     m = self.config.method
     if not self.config.model.name.startswith("vit_"):
-      raise ValueError(f"inpainting needs a ViT backbone (model.name = vit_*); got "
-                       f"{self.config.model.name!r}.")
+      raise ConfigError(f"inpainting needs a ViT backbone (model.name = vit_*); got "
+                        f"{self.config.model.name!r}.")
     if not 0.0 <= m.adversarial_weight < 1.0:
-      raise ValueError(f"method.adversarial_weight must be in [0, 1) (paper: 0.001); got "
-                       f"{m.adversarial_weight}.")
+      raise ConfigError(f"method.adversarial_weight must be in [0, 1) (paper: 0.001); got "
+                        f"{m.adversarial_weight}.")
     hole_mask(jax.random.PRNGKey(0), 1, self.image_size, region=m.region,
               fraction=m.region_fraction)  # Fails early with a clear message.
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import collapse
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import base, ema, views
 from ssl_jax.models import registry
 
@@ -89,8 +90,8 @@ class JointEmbeddingMethod(base.Method):
       return method.view, method.view
     if "view1" in method and "view2" in method:
       return method.view1, method.view2
-    raise ValueError(f"config.method ({method.name}) needs `view` (one recipe for both views) "
-                     "or `view1` and `view2` (an asymmetric pair); see ssl_jax/methods/views.py.")
+    raise ConfigError(f"config.method ({method.name}) needs `view` (one recipe for both views) "
+                      "or `view1` and `view2` (an asymmetric pair); see ssl_jax/methods/views.py.")
 
   @property
   def eval_recipe(self) -> ml_collections.ConfigDict:
@@ -182,5 +183,5 @@ class JointEmbeddingMethod(base.Method):
 
 def check_temperature(temperature: float) -> float:
   if not temperature > 0:
-    raise ValueError(f"method.temperature must be > 0, got {temperature}.")
+    raise ConfigError(f"method.temperature must be > 0, got {temperature}.")
   return float(temperature)

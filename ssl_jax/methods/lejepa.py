@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import collapse
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.losses import sigreg
 from ssl_jax.methods import base, joint_embedding, views
 from ssl_jax.models import heads, registry
@@ -100,8 +101,8 @@ class LeJEPA(base.Method):
   def crop_recipes(self) -> list[tuple[ml_collections.ConfigDict, int]]:
     m = self._m
     if m.num_global_views < 1 or m.num_local_views < 0:
-      raise ValueError(f"LeJEPA needs method.num_global_views >= 1 and num_local_views >= 0, "
-                       f"got {m.num_global_views} and {m.num_local_views}.")
+      raise ConfigError(f"LeJEPA needs method.num_global_views >= 1 and num_local_views >= 0, "
+                        f"got {m.num_global_views} and {m.num_local_views}.")
     recipes = [(m.global_view, int(m.num_global_views))]
     if m.num_local_views:
       recipes.append((m.local_view, int(m.num_local_views)))
@@ -138,7 +139,7 @@ class LeJEPA(base.Method):
                                 t_max=float(m.t_max), num_knots=int(m.num_knots))
     weight = float(m.sigreg_weight)
     if not 0.0 <= weight <= 1.0:
-      raise ValueError(f"method.sigreg_weight (lambda) must be in [0, 1], got {weight}.")
+      raise ConfigError(f"method.sigreg_weight (lambda) must be in [0, 1], got {weight}.")
     loss = (1.0 - weight) * invariance + weight * regulariser
     metrics = {"invariance": invariance, "sigreg": regulariser,
                "collapse_std": collapse.embedding_std(projections[0])}

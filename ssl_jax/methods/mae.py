@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment, masking
 from ssl_jax.losses import reconstruction
 from ssl_jax.methods import base, patch_grid
@@ -113,8 +114,8 @@ class MAE(patch_grid.PatchGridMethod):
   @property
   def num_patches(self) -> int:
     if self.image_size % self.patch_size:
-      raise ValueError(f"method.view.size={self.image_size} is not divisible by the patch size "
-                       f"{self.patch_size} of {self.config.model.name}.")
+      raise ConfigError(f"method.view.size={self.image_size} is not divisible by the patch size "
+                        f"{self.patch_size} of {self.config.model.name}.")
     return (self.image_size // self.patch_size) ** 2
 
   @property

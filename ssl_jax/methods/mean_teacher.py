@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import semi_supervised as ssl
 
 
@@ -57,8 +58,8 @@ class MeanTeacher(ssl.SemiSupervisedClassifier):
     super().__post_init__()
     m = self.config.method
     if not 0.0 < m.ema_decay_rampup < 1.0 or m.ema_decay == 0.0:
-      raise ValueError(f"Mean Teacher needs a teacher: method.ema_decay ({m.ema_decay}) and "
-                       f"method.ema_decay_rampup ({m.ema_decay_rampup}) must be in (0, 1).")
+      raise ConfigError(f"Mean Teacher needs a teacher: method.ema_decay ({m.ema_decay}) and "
+                        f"method.ema_decay_rampup ({m.ema_decay_rampup}) must be in (0, 1).")
 
   @property
   def rampup_steps(self) -> float:

@@ -41,6 +41,7 @@ import jax
 import ml_collections
 
 from ssl_jax import collapse
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.losses import contrastive, queue as queue_lib
 from ssl_jax.methods import ema, joint_embedding, views
 from ssl_jax.models import heads
@@ -91,9 +92,9 @@ class MoCoV2(joint_embedding.JointEmbeddingMethod):
   def init(self, rng, batch):
     m = self.config.method
     if m.queue_size < self.config.batch_size:
-      raise ValueError(f"method.queue_size={m.queue_size} is smaller than batch_size="
-                       f"{self.config.batch_size}: every step enqueues the whole global batch "
-                       "of keys, so the queue must hold at least one batch.")
+      raise ConfigError(f"method.queue_size={m.queue_size} is smaller than batch_size="
+                        f"{self.config.batch_size}: every step enqueues the whole global batch "
+                        "of keys, so the queue must hold at least one batch.")
     params_rng, queue_rng = jax.random.split(rng)
     params, state = super().init(params_rng, batch)
     state["queue"] = queue_lib.init_queue(m.queue_size, m.proj_dim, rng=queue_rng)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import semi_supervised as ssl
 
 PSEUDO_LABELED = "pseudo_labeled"
@@ -60,14 +61,14 @@ class NoisyStudent(ssl.SemiSupervisedClassifier):
     super().__post_init__()
     m = self.config.method
     if not 0.0 <= m.head_dropout < 1.0:
-      raise ValueError(f"method.head_dropout must be in [0, 1), got {m.head_dropout}.")
+      raise ConfigError(f"method.head_dropout must be in [0, 1), got {m.head_dropout}.")
     if not 0.0 <= m.randaugment_prob <= 1.0:
-      raise ValueError(f"method.randaugment_prob must be in [0, 1], got {m.randaugment_prob}.")
+      raise ConfigError(f"method.randaugment_prob must be in [0, 1], got {m.randaugment_prob}.")
     kind = self.config.data.streams[PSEUDO_LABELED].kind
     if kind != PSEUDO_LABELED:
-      raise ValueError(f"data.streams.{PSEUDO_LABELED}.kind={kind!r}: Noisy Student trains on "
-                       "a teacher's labels file; make it streams.stream_config("
-                       "'pseudo_labeled', labels_file=...).")
+      raise ConfigError(f"data.streams.{PSEUDO_LABELED}.kind={kind!r}: Noisy Student trains on "
+                        "a teacher's labels file; make it streams.stream_config("
+                        "'pseudo_labeled', labels_file=...).")
 
   @property
   def head_dropout(self) -> float:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import base
 
 PROBE_KEY = "online_probe"
@@ -67,9 +68,9 @@ class OnlineProbe(base.Method):
       raise ValueError("OnlineProbe needs the method it wraps; use with_online_probe(method, "
                        "num_classes).")
     if self.num_classes is None or self.num_classes < 2:
-      raise ValueError(f"The online probe needs a labelled training set with >= 2 classes; the "
-                       f"train source reports num_classes={self.num_classes}. Set "
-                       "eval.online_probe=False for unlabelled data.")
+      raise ConfigError(f"The online probe needs a labelled training set with >= 2 classes; the "
+                        f"train source reports num_classes={self.num_classes}. Set "
+                        "eval.online_probe=False for unlabelled data.")
 
   def __getattr__(self, name):
     # Method-specific helpers (MAE's patch_size ...) stay reachable through the wrapper.

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import collapse
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment
 from ssl_jax.losses import paws as paws_loss_lib
 from ssl_jax.methods import base, views
@@ -96,7 +97,7 @@ class PAWS(base.Method):
     declared = self.config.data.get("streams") or {}
     missing = [name for name in (UNLABELED, SUPPORT) if name not in declared]
     if missing or declared[SUPPORT].kind != "support":
-      raise ValueError(
+      raise ConfigError(
           "PAWS reads two streams: config.data.streams.unlabeled = stream_config('unlabeled', "
           "...) and config.data.streams.support = stream_config('support', classes=C, "
           f"per_class=S); got {sorted(declared)} (missing {missing}).")
@@ -130,8 +131,8 @@ class PAWS(base.Method):
   def init(self, rng, batch):
     del batch
     if self.support_classes < 2:  # Also checks the streams, at init rather than mid-trace.
-      raise ValueError("PAWS's support stream needs classes >= 2: with one class every "
-                       "prediction is that class and the loss carries no signal.")
+      raise ConfigError("PAWS's support stream needs classes >= 2: with one class every "
+                        "prediction is that class and the loss carries no signal.")
     sizes = [self._m.global_view.size] + ([self._m.local_view.size]
                                           if self._m.local_crops_number else [])
     groups = [jnp.zeros((2, s, s, 3), jnp.float32) for s in sizes]
@@ -145,7 +146,7 @@ class PAWS(base.Method):
     num_local = int(m.local_crops_number)
     support_views = int(m.support_views)
     if support_views < 1:
-      raise ValueError(f"method.support_views must be >= 1, got {support_views}.")
+      raise ConfigError(f"method.support_views must be >= 1, got {support_views}.")
     support, unlabeled = batch[SUPPORT], batch[UNLABELED]
     support_rng, view_rng, model_rng = jax.random.split(rng, 3)
     # Crop-major arrays: [support x support_views], [global x 2], [local x num_local].

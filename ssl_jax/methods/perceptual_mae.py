@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import image_ops, runs
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.losses import perceptual, reconstruction
 from ssl_jax.methods import base, mae
 from ssl_jax.models import discriminators, vit
@@ -143,22 +144,22 @@ class PerceptualMAE(mae.MAE):
 
     def choice(key, value, allowed):
       if value not in allowed:
-        raise ValueError(f"method.{key} must be one of {allowed}; got {value!r}.")
+        raise ConfigError(f"method.{key} must be one of {allowed}; got {value!r}.")
 
     choice("discriminator.type", m.discriminator.type, DISCRIMINATOR_TYPES)
     choice("discriminator_input", m.discriminator_input, DISCRIMINATOR_INPUTS)
     choice("pixel_loss_region", m.pixel_loss_region, PIXEL_LOSS_REGIONS)
     choice("gan_loss", m.gan_loss, ("lsgan", "nonsaturating"))
     if int(m.discriminator_update_every) < 1:
-      raise ValueError("method.discriminator_update_every must be >= 1 (1 = every step, k = "
-                       f"every k-th step); got {m.discriminator_update_every}.")
+      raise ConfigError("method.discriminator_update_every must be >= 1 (1 = every step, k = "
+                        f"every k-th step); got {m.discriminator_update_every}.")
     if int(m.feature_discriminator_refresh_epochs) < 0:
-      raise ValueError("method.feature_discriminator_refresh_epochs must be >= 0 (0 = match "
-                       "the live discriminator's features); got "
-                       f"{m.feature_discriminator_refresh_epochs}.")
+      raise ConfigError("method.feature_discriminator_refresh_epochs must be >= 0 (0 = match "
+                        "the live discriminator's features); got "
+                        f"{m.feature_discriminator_refresh_epochs}.")
     if int(m.adversarial_start_step) < 0 or int(m.adversarial_warmup_steps) < 0:
-      raise ValueError("method.adversarial_start_step and adversarial_warmup_steps must be "
-                       f">= 0; got {m.adversarial_start_step}, {m.adversarial_warmup_steps}.")
+      raise ConfigError("method.adversarial_start_step and adversarial_warmup_steps must be "
+                        f">= 0; got {m.adversarial_start_step}, {m.adversarial_warmup_steps}.")
     self.loss_weights  # Raises on a negative or non-finite weight.
 
   # -- configuration views ---------------------------------------------------------------------
@@ -217,8 +218,8 @@ class PerceptualMAE(mae.MAE):
     blocks = tuple(int(b) for b in self.config.method.feature_extractor_blocks)
     blocks = blocks or default_extractor_blocks(depth)
     if any(not 0 <= b < depth for b in blocks):
-      raise ValueError(f"method.feature_extractor_blocks={blocks} must index the extractor's "
-                       f"{depth} blocks (0..{depth - 1}).")
+      raise ConfigError(f"method.feature_extractor_blocks={blocks} must index the extractor's "
+                        f"{depth} blocks (0..{depth - 1}).")
     return blocks
 
   # -- Method contract ---------------------------------------------------------------------------

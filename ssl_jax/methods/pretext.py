@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import base
 from ssl_jax.models import heads, registry, resnet, vit
 
@@ -64,11 +65,11 @@ class PretextClassifier(base.Method):
   def __post_init__(self):
     m = self.config.method
     if m.head_layers < 1:
-      raise ValueError(f"method.head_layers must be >= 1 (1 = linear), got {m.head_layers}.")
+      raise ConfigError(f"method.head_layers must be >= 1 (1 = linear), got {m.head_layers}.")
     blocks = self.num_blocks
     if m.feature_block != -1 and not 1 <= m.feature_block <= blocks:
-      raise ValueError(f"method.feature_block must be -1 (the last) or in [1, {blocks}] for "
-                       f"{self.config.model.name}, got {m.feature_block}.")
+      raise ConfigError(f"method.feature_block must be -1 (the last) or in [1, {blocks}] for "
+                        f"{self.config.model.name}, got {m.feature_block}.")
 
   # What a subclass defines.
 

@@ -20,6 +20,7 @@ import dataclasses
 import jax
 import ml_collections
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import semi_supervised as ssl
 
 
@@ -41,10 +42,10 @@ class PseudoLabel(ssl.SemiSupervisedClassifier):
     super().__post_init__()
     m = self.config.method
     if not 0.0 <= m.threshold <= 1.0:
-      raise ValueError(f"method.threshold must be in [0, 1], got {m.threshold}.")
+      raise ConfigError(f"method.threshold must be in [0, 1], got {m.threshold}.")
     if m.rampup_end_epochs < m.rampup_start_epochs:
-      raise ValueError(f"method.rampup_end_epochs ({m.rampup_end_epochs}) must be >= "
-                       f"method.rampup_start_epochs ({m.rampup_start_epochs}).")
+      raise ConfigError(f"method.rampup_end_epochs ({m.rampup_end_epochs}) must be >= "
+                        f"method.rampup_start_epochs ({m.rampup_start_epochs}).")
 
   def weight(self, step):
     m = self.config.method

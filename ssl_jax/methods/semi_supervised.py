@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment, randaugment
 from ssl_jax.losses import schedules
 from ssl_jax.methods import base
@@ -183,22 +184,22 @@ class SemiSupervisedClassifier(base.Method):
   def __post_init__(self):
     m = self.config.method
     if m.num_classes < 2:
-      raise ValueError(f"method.num_classes must be >= 2, got {m.num_classes}.")
+      raise ConfigError(f"method.num_classes must be >= 2, got {m.num_classes}.")
     if not 0.0 <= m.ema_decay < 1.0:
-      raise ValueError(f"method.ema_decay must be in [0, 1) (0 = no EMA model), got "
-                       f"{m.ema_decay}.")
+      raise ConfigError(f"method.ema_decay must be in [0, 1) (0 = no EMA model), got "
+                        f"{m.ema_decay}.")
     if not 0.0 <= m.max_shift_fraction < 0.5:
-      raise ValueError(f"method.max_shift_fraction must be in [0, 0.5), got "
-                       f"{m.max_shift_fraction}.")
+      raise ConfigError(f"method.max_shift_fraction must be in [0, 0.5), got "
+                        f"{m.max_shift_fraction}.")
     declared = set(self.config.data.streams.keys())
     missing = [name for name in self.required_streams if name not in declared]
     if missing:
       # Each stream's kind is its name ('labeled', 'unlabeled', 'pseudo_labeled').
-      raise ValueError(f"method {m.name!r} reads the data streams "
-                       f"{', '.join(map(repr, self.required_streams))}; config.data.streams "
-                       f"declares {sorted(declared)}. Add them with "
-                       + " / ".join(f"streams.stream_config({n!r}, ...)" for n in missing)
-                       + ".")
+      raise ConfigError(f"method {m.name!r} reads the data streams "
+                        f"{', '.join(map(repr, self.required_streams))}; config.data.streams "
+                        f"declares {sorted(declared)}. Add them with "
+                        + " / ".join(f"streams.stream_config({n!r}, ...)" for n in missing)
+                        + ".")
 
   @property
   def encoder(self) -> nn.Module:

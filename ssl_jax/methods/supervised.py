@@ -47,6 +47,7 @@ import optax
 from absl import logging
 
 from ssl_jax import runs, subtrees
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment, mixing, randaugment
 from ssl_jax.interop import timm as timm_interop
 from ssl_jax.methods import base
@@ -135,34 +136,34 @@ class Supervised(base.Method):
   def __post_init__(self):
     m = self.config.method
     if m.feature not in FEATURES:
-      raise ValueError(f"method.feature must be one of {FEATURES}, got {m.feature!r}.")
+      raise ConfigError(f"method.feature must be one of {FEATURES}, got {m.feature!r}.")
     if m.num_classes < 2:
-      raise ValueError(f"method.num_classes must be >= 2, got {m.num_classes}; set it to the "
-                       "dataset's class count (10 for digits and CIFAR-10, 1000 for ImageNet).")
+      raise ConfigError(f"method.num_classes must be >= 2, got {m.num_classes}; set it to the "
+                        "dataset's class count (10 for digits and CIFAR-10, 1000 for ImageNet).")
     layer_decay = self.config.optim.layer_decay
     if not 0.0 < layer_decay <= 1.0:
-      raise ValueError(f"optim.layer_decay must be in (0, 1], got {layer_decay}.")
+      raise ConfigError(f"optim.layer_decay must be in (0, 1], got {layer_decay}.")
     if m.freeze_backbone and (layer_decay < 1.0 or self.config.model.drop_path_rate > 0):
-      raise ValueError("method.freeze_backbone trains only the head: set optim.layer_decay=1.0 "
-                       "and model.drop_path_rate=0.0 (they act on the backbone).")
+      raise ConfigError("method.freeze_backbone trains only the head: set optim.layer_decay=1.0 "
+                        "and model.drop_path_rate=0.0 (they act on the backbone).")
     if not self.is_vit and (m.feature != "pooled" or layer_decay < 1.0):
-      raise ValueError(f"method.feature={m.feature!r} and optim.layer_decay are defined for "
-                       f"ViT backbones; {self.config.model.name} supports feature='pooled' and "
-                       "layer_decay=1.0.")
+      raise ConfigError(f"method.feature={m.feature!r} and optim.layer_decay are defined for "
+                        f"ViT backbones; {self.config.model.name} supports feature='pooled' and "
+                        "layer_decay=1.0.")
     if m.feature == "last_blocks_cls" and not 1 <= m.num_last_blocks <= self.encoder.depth:
-      raise ValueError(f"method.num_last_blocks must be in [1, {self.encoder.depth}], got "
-                       f"{m.num_last_blocks}.")
+      raise ConfigError(f"method.num_last_blocks must be in [1, {self.encoder.depth}], got "
+                        f"{m.num_last_blocks}.")
     if m.init_head_layers < 0:
-      raise ValueError(f"method.init_head_layers must be >= 0, got {m.init_head_layers}.")
+      raise ConfigError(f"method.init_head_layers must be >= 0, got {m.init_head_layers}.")
     if m.init_head_layers:
       if m.init_head_hidden_dim <= 0:
-        raise ValueError("method.init_head_layers keeps projection-head layers: set "
-                         "method.init_head_hidden_dim to their width (the pretrained run's "
-                         "method.proj_hidden_dim).")
+        raise ConfigError("method.init_head_layers keeps projection-head layers: set "
+                          "method.init_head_hidden_dim to their width (the pretrained run's "
+                          "method.proj_hidden_dim).")
       if m.feature != "pooled" or m.freeze_backbone or m.init_from.startswith(timm_interop.PREFIX):
-        raise ValueError("method.init_head_layers fine-tunes an ssl_jax run from its projection "
-                         "head: it needs feature='pooled', freeze_backbone=False and an "
-                         "ssl_jax workdir (not timm weights) as method.init_from.")
+        raise ConfigError("method.init_head_layers fine-tunes an ssl_jax run from its projection "
+                          "head: it needs feature='pooled', freeze_backbone=False and an "
+                          "ssl_jax workdir (not timm weights) as method.init_from.")
 
   # The modules.
 
@@ -225,9 +226,9 @@ class Supervised(base.Method):
     batch_stats = None
     if "batch_stats" in expected:
       if run.method_state is None:
-        raise ValueError(f"{self.config.model.name} needs BatchNorm statistics, which exported "
-                         f"params do not carry; point method.init_from at the workdir of the run "
-                         f"(its checkpoints/), not at {run.origin}.")
+        raise ConfigError(f"{self.config.model.name} needs BatchNorm statistics, which exported "
+                          f"params do not carry; point method.init_from at the workdir of the run "
+                          f"(its checkpoints/), not at {run.origin}.")
       _, batch_stats = subtrees.find_backbone_subtree(
           run.method_state, expected["batch_stats"], what="method state (BatchNorm statistics)")
       batch_stats = _cast_like(batch_stats, expected["batch_stats"])
@@ -252,23 +253,23 @@ class Supervised(base.Method):
         continue
       if collection == "batch_stats":
         if tree is None or "batch_stats" not in tree:
-          raise ValueError(f"method.init_head_layers needs the projector's BatchNorm "
-                           f"statistics, which {run.origin} does not hold; point "
-                           "method.init_from at the pretraining run's workdir.")
+          raise ConfigError(f"method.init_head_layers needs the projector's BatchNorm "
+                            f"statistics, which {run.origin} does not hold; point "
+                            "method.init_from at the pretraining run's workdir.")
         tree = tree["batch_stats"]
       node = subtrees.get_path(tree, parent + (PROJECTOR,))
       if node is None:
-        raise ValueError(f"method.init_head_layers={self.config.method.init_head_layers}: "
-                         f"{run.origin} has no {collection} {where!r} beside its backbone "
-                         f"{'/'.join(backbone_path)!r}; pretrain with a projection head "
-                         "(e.g. configs/simclr.py) or set init_head_layers=0.")
+        raise ConfigError(f"method.init_head_layers={self.config.method.init_head_layers}: "
+                          f"{run.origin} has no {collection} {where!r} beside its backbone "
+                          f"{'/'.join(backbone_path)!r}; pretrain with a projection head "
+                          "(e.g. configs/simclr.py) or set init_head_layers=0.")
       kept = {name: node[name] for name in expected[collection] if name in node}
       found, wanted = subtrees.flat_shapes(kept), subtrees.flat_shapes(expected[collection])
       if found != wanted:
-        raise ValueError(f"The first {self.config.method.init_head_layers} layer(s) of "
-                         f"{collection} {where!r} of {run.origin} do not match "
-                         f"method.init_head_layers / init_head_hidden_dim:\n"
-                         f"{subtrees.describe_mismatch(found, wanted)}")
+        raise ConfigError(f"The first {self.config.method.init_head_layers} layer(s) of "
+                          f"{collection} {where!r} of {run.origin} do not match "
+                          f"method.init_head_layers / init_head_hidden_dim:\n"
+                          f"{subtrees.describe_mismatch(found, wanted)}")
       taken.append(_cast_like(kept, expected[collection]))
     logging.info("init_from: %d projection-head layer(s) %s of %s",
                  self.config.method.init_head_layers, where, run.origin)

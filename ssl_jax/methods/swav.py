@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import collapse, steps
+from ssl_jax.config_lib import ConfigError
 from ssl_jax.data import augment
 from ssl_jax.losses import contrastive, distillation
 from ssl_jax.losses import queue as queue_lib
@@ -123,10 +124,10 @@ class SwAV(base.Method):
       # With K <= D the prototypes leave a null space: embeddings orthogonal to every prototype
       # score 0 against all of them, so predictions and Sinkhorn codes are uniform, the loss
       # sits at log K and its gradient vanishes (seen on CIFAR-10: K = 100, D = 128).
-      raise ValueError(f"method.nmb_prototypes ({m.nmb_prototypes}) must exceed method.feat_dim "
-                       f"({m.feat_dim}), or the embeddings can escape every prototype into "
-                       "their null space (uniform codes, loss stuck at log K); swav uses 3000 "
-                       "prototypes for 128-d embeddings.")
+      raise ConfigError(f"method.nmb_prototypes ({m.nmb_prototypes}) must exceed method.feat_dim "
+                        f"({m.feat_dim}), or the embeddings can escape every prototype into "
+                        "their null space (uniform codes, loss stuck at log K); swav uses 3000 "
+                        "prototypes for 128-d embeddings.")
     dtype = base.compute_dtype(self.config.model)
     projector = heads.MLPHead(num_layers=2, hidden_dim=m.hidden_mlp, out_dim=m.feat_dim,
                               hidden_batch_norm=True, use_bias=True, dtype=dtype)
@@ -137,8 +138,8 @@ class SwAV(base.Method):
   def crop_recipes(self) -> list[_Recipe]:
     m = self._m
     if m.global_crops_number < 1 or m.local_crops_number < 0:
-      raise ValueError(f"method.global_crops_number must be >= 1 and local_crops_number >= 0; "
-                       f"got {m.global_crops_number} and {m.local_crops_number}.")
+      raise ConfigError(f"method.global_crops_number must be >= 1 and local_crops_number >= 0; "
+                        f"got {m.global_crops_number} and {m.local_crops_number}.")
     recipes = [_Recipe(m.global_view, int(m.global_crops_number))]
     if m.local_crops_number:
       recipes.append(_Recipe(m.local_view, int(m.local_crops_number)))
@@ -152,8 +153,8 @@ class SwAV(base.Method):
   def crops_for_assign(self) -> tuple[int, ...]:
     crops = tuple(int(c) for c in self._m.crops_for_assign)
     if not crops or not all(0 <= c < self.num_crops for c in crops):
-      raise ValueError(f"method.crops_for_assign={crops} must name crops in [0, "
-                       f"{self.num_crops}).")
+      raise ConfigError(f"method.crops_for_assign={crops} must name crops in [0, "
+                        f"{self.num_crops}).")
     return crops
 
   @property
@@ -161,7 +162,7 @@ class SwAV(base.Method):
     """swav: `queue_length -= queue_length % (batch_size * world_size)`."""
     length = int(self._m.queue_length)
     if length < 0:
-      raise ValueError(f"method.queue_length must be >= 0, got {length}.")
+      raise ConfigError(f"method.queue_length must be >= 0, got {length}.")
     return length - length % int(self.config.batch_size)
 
   @property
