@@ -14,6 +14,7 @@ import difflib
 import importlib.util
 import json
 import pathlib
+import re
 from typing import Any, Iterable
 
 import ml_collections
@@ -146,8 +147,13 @@ def apply_overrides(config: ml_collections.ConfigDict,
     if isinstance(current, ml_collections.ConfigDict):
       raise ConfigError(f"{key!r} is a section; override one of its keys instead: "
                         f"{', '.join(sorted(current.keys()))}.")
-    with parent.unlocked():
-      parent[parts[-1]] = _parse_value(text, current)
+    value = _parse_value(text, current)
+    try:
+      with parent.unlocked():
+        parent[parts[-1]] = value
+    except TypeError:  # ml_collections keeps a field's type (an int field refuses 2.5).
+      raise ConfigError(f"{key} must be of type {type(current).__name__} (now {current!r}); "
+                        f"got {text!r}.") from None
   return config
 
 
@@ -174,6 +180,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from ssl_jax import profiler  # Imports this module.
   profiler.parse_window(config.get("profile_steps", ""))
   _check_method_keys(config)
+  _check_method_sizes(config)
   _check_ranges(config)
   try:
     subsets.parse_spec(config.data.train_subset)
@@ -237,6 +244,34 @@ def _check_method_keys(config: ml_collections.ConfigDict) -> None:
     hint = f" Did you mean: {', '.join(suggestion)}?" if suggestion else ""
     raise ConfigError(f"Unknown config key {key!r} (not a key of method {name!r}'s defaults)."
                       f"{hint}")
+
+
+# Layer widths and output counts of the methods' heads: 0 makes a layer with no units, which fails
+# deep inside initialisation (a division by a zero fan) rather than as a config error. Only keys
+# whose default is positive: 0 is a documented setting where the default is 0 (e.g. rotation's
+# head_hidden_dim: a linear head).
+_METHOD_SIZE_KEY = re.compile(r"(_dim|^nmb_prototypes|^num_permutations|^num_slices|^num_knots)$")
+
+
+def _check_method_sizes(config: ml_collections.ConfigDict) -> None:
+  """`method.*` widths and counts (`_METHOD_SIZE_KEY`) whose default is positive must be ints
+  >= 1."""
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (jax, only when needed)
+
+  name = config.method.get("name", "")
+  defaults = methods.default_method_config(name) if name else None
+  if defaults is None:
+    return
+  reference = ml_collections.ConfigDict({"method": defaults})
+  for key in _all_keys(reference):
+    default_present, default = _lookup(reference, key)
+    present, value = _lookup(config, key)
+    if not (present and default_present and _METHOD_SIZE_KEY.search(key.rsplit(".", 1)[-1])
+            and _is_number(default) and default > 0):
+      continue
+    if not (_is_number(value) and float(value).is_integer() and value >= 1):
+      raise ConfigError(f"{key} must be an integer >= 1 (a layer width or count; default "
+                        f"{default}); got {value!r}.")
 
 
 def _is_number(value: Any) -> bool:

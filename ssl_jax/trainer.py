@@ -14,6 +14,7 @@ The training data (this process's shard of every stream) is built by
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 from typing import Any, Callable, Sequence
 
@@ -126,8 +127,12 @@ class TrainSetup:
     starting the input pipeline. The first `step(state, batch)` then finds the executable in
     jit's caches (same function, shapes and shardings) instead of compiling. Call `.result()`
     before the first step: it re-raises whatever the compile raised."""
+    def compile_step():
+      with method_errors_as_config_errors(self.config):
+        return self.step.lower(*self.step_arg_shapes()).compile()
+
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_step")
-    future = executor.submit(lambda: self.step.lower(*self.step_arg_shapes()).compile())
+    future = executor.submit(compile_step)
     executor.shutdown(wait=False)
     return future
 
@@ -135,6 +140,23 @@ class TrainSetup:
     """A fresh train state, initialised directly in its shardings."""
     return jax.jit(self._init_fn, out_shardings=self.shardings)(self.init_rng,
                                                                 self.sample_batch())
+
+
+@contextlib.contextmanager
+def method_errors_as_config_errors(config: ml_collections.ConfigDict):
+  """A `ValueError` raised inside is a `ConfigError` naming the method.
+
+  Methods and their losses check their `method.*` / `model.*` values where they use them: when
+  the method is built and initialised (e.g. a view size the patch size does not divide) and
+  while the train step traces (e.g. a teacher temperature of 0, checked by the DINO loss). Both
+  are config errors, reported as one (one line on the command line; `--debug` shows where).
+  """
+  try:
+    yield
+  except config_lib.ConfigError:
+    raise
+  except ValueError as e:
+    raise config_lib.ConfigError(f"{config.method.name}: {e}") from e
 
 
 def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int,
@@ -157,17 +179,11 @@ def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoc
                               what=f"data.streams.{name}.batch_size" if name else "batch_size")
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   sample = streams.batch_shapes(config)  # global shapes
-  try:
+  with method_errors_as_config_errors(config):
     method = build_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     if config.eval.online_probe:
       method = online_probe.with_online_probe(method, num_classes)
     params_shape = jax.eval_shape(lambda r, b: method.init(r, b)[0], init_rng, sample)
-  except config_lib.ConfigError:
-    raise
-  except ValueError as e:
-    # A method checks its own `method.*` / `model.*` values when it is built and initialised
-    # (e.g. a view size the patch size does not divide): a config error, reported as one.
-    raise config_lib.ConfigError(f"{config.method.name}: {e}") from e
   tx, schedule = optim.build_optimizer(config, params_shape, total_steps=total_steps,
                                        steps_per_epoch=steps_per_epoch)
 
@@ -204,4 +220,5 @@ def model_flops_per_step(config: ml_collections.ConfigDict, *, total_steps: int,
   if setup is None or counted.to_dict() != config.to_dict():
     setup = build(counted, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                   devices=devices, num_classes=num_classes)
-  return flops.count_flops(setup.step, *setup.step_arg_shapes()).networks
+  with method_errors_as_config_errors(config):
+    return flops.count_flops(setup.step, *setup.step_arg_shapes()).networks

@@ -59,7 +59,8 @@ def test_validation_errors():
 
 
 def test_unknown_preset_and_missing_file():
-  with pytest.raises(ValueError, match="Unknown preset"):
+  # A ConfigError (one line on the command line), naming the presets the config knows.
+  with pytest.raises(config_lib.ConfigError, match=r"mae.py:smok: Unknown preset.*'smoke'"):
     config_lib.load_config(f"{REPO}/configs/mae.py:smok")
   with pytest.raises(config_lib.ConfigError, match="does not exist"):
     config_lib.load_config("configs/nope.py:smoke")
