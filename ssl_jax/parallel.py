@@ -44,7 +44,7 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
     data = len(devices) // fsdp
   if data * fsdp != len(devices):
     raise MeshError(f"mesh.data * mesh.fsdp = {data} * {fsdp} = {data * fsdp}, but there are "
-                     f"{len(devices)} devices. Set mesh.data=-1 to use all of them.")
+                    f"{len(devices)} devices. Set mesh.data=-1 to use all of them.")
   return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
 
 

@@ -1,7 +1,7 @@
 """TPU flash attention: jax's Pallas splash-attention kernel, for `model.attention_impl='splash'`.
 
 Splash attention (jax.experimental.pallas.ops.tpu.splash_attention, the kernel MaxText trains
-with) computes softmax(q k^T / sqrt(d) ) v (Vaswani et al., 2017, eq. 1) block by block in the
+with) computes softmax(q k^T / sqrt(d)) v (Vaswani et al., 2017, eq. 1) block by block in the
 TPU's vector memory, as FlashAttention does (Dao et al., 2022, Algorithm 1): the [T, T]
 logits and weights never reach HBM, forward or backward. That is the cost the plain path pays
 most for in MAE's decoder (197 tokens, 16 heads of 32: its float32 softmax passes were the
@@ -90,14 +90,15 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scal
   kernel; [B, T, heads, head_dim] out, in q's dtype.
 
   `interpret` (default: off a TPU) runs the kernel in Pallas' interpreter. Under a
-  `parallel.tracing_mesh` of more than one device the batch must be split evenly over it (the
-  loop checks batch sizes at start-up)."""
+  `parallel.tracing_mesh` of more than one device each device runs its own rows; a batch that
+  does not split evenly over the mesh (the loop's batches always do) is attended whole, where
+  XLA places it."""
   if interpret is None:
     interpret = jax.default_backend() != "tpu"
   attend = functools.partial(_local_attention, scale=scale, num_tokens=query.shape[1],
                              interpret=interpret)
   mesh = parallel.current_mesh()
-  if mesh is None or mesh.size == 1:
+  if mesh is None or mesh.size == 1 or query.shape[0] % mesh.size:
     return attend(query, key, value)
   rows = P(parallel.BATCH_AXES)
   # check_vma=False: the kernel's custom VJP carries no varying-axes annotations.
