@@ -33,13 +33,16 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 
 # Keys a resumed run may change: how long it runs, how often it logs, evaluates and saves, how
-# it is evaluated, and where the same data is read from. Every other key (model, method, data
+# it is evaluated, where the same data is read from, and how the same step is computed (the
+# mesh; the ViT speed levers, which keep the params and the math: a run preempted on GPUs may
+# resume on a TPU with cudnn attention turned into splash). Every other key (model, method, data
 # source and size, batch size, seed, worker count, optimizer, online probe) is fixed per run.
 CHANGEABLE = ("total_steps", "epochs", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "export_at_end", "visualize", "mesh.", "data.eval_source",
               "data.eval_train_split", "data.eval_test_split", "data.data_dir", "data.prefetch",
               "eval.", "profile_steps", "compilation_cache_dir", "collapse.",
-              "wandb.")
+              "wandb.", "model.attention_impl", "model.remat", "model.scan_blocks",
+              "model.token_gather")
 FIXED_EVEN_IF_MATCHED = ("eval.online_probe",)  # Adds a head and optimizer state.
 
 

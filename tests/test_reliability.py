@@ -216,6 +216,19 @@ def test_a_changed_model_width_or_batch_size_is_refused_and_config_json_kept(
   assert _steps(workdir) == [2, 4]
 
 
+def test_a_resumed_run_may_turn_the_vit_speed_levers_on(finished_run, tmp_path):
+  """The levers keep the params and the math (docs/performance.md): a resume may change them,
+  as it may change the mesh; the change is recorded."""
+  workdir = copy_of(finished_run, tmp_path)
+  levers = {"model.attention_impl": "xla", "model.remat": "full", "model.scan_blocks": True,
+            "model.token_gather": "onehot"}
+  train.train_and_evaluate(smoke_config(total_steps=5, **levers), str(workdir))
+  assert _steps(workdir) == [2, 4, 5]
+  history = [json.loads(l) for l in (workdir / "config_history.jsonl").read_text().splitlines()]
+  assert history[-1]["changes"]["model.attention_impl"] == ["plain", "xla"]
+  assert history[-1]["changes"]["model.token_gather"] == ["take", "onehot"]
+
+
 # ------------------------------------------------------------------ 4, 7, 9: kill -9, lock
 
 
