@@ -105,3 +105,28 @@ def test_splash_attention_off_tpu_is_the_same_math_via_xla(caplog):
   options = registry.vit_speed_options(config.model)
   assert options["attention_impl"] == "xla"
   assert "needs a TPU" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad_accum_steps", [1, 2])
+def test_a_sharded_mae_step_with_splash_attention_has_the_plain_loss(monkeypatch,
+                                                                      grad_accum_steps):
+  """The whole train step on the 8-device mesh (the loop's `parallel.on_mesh` wrapper, the
+  shard_mapped kernel inside value_and_grad, microbatches): the plain step's loss."""
+  from ssl_jax import trainer
+  speed_options = registry.vit_speed_options
+  images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), np.uint8)
+  losses = {}
+  for impl in ("plain", "splash"):
+    # Past the off-TPU fallback to 'xla': the kernel runs in Pallas' interpreter.
+    monkeypatch.setattr(registry, "vit_speed_options",
+                        lambda m, impl=impl: {**speed_options(m), "attention_impl": impl})
+    config = config_lib.load_config("configs/mae.py:smoke")
+    config_lib.apply_overrides(config, ["batch_size=16",
+                                        f"optim.grad_accum_steps={grad_accum_steps}"])
+    setup = trainer.build(config, total_steps=10, steps_per_epoch=10)
+    assert setup.mesh.size == 8
+    batch = setup.global_batch({"image": images, "label": np.zeros((16,), np.int32)})
+    _, metrics = setup.step(setup.init_state(), batch)
+    losses[impl] = float(metrics["train/loss"])
+  np.testing.assert_allclose(losses["splash"], losses["plain"], rtol=1e-5)
