@@ -539,3 +539,15 @@ def test_a_zero_width_is_allowed_where_zero_is_the_default():
   config = config_lib.load_config(f"{REPO}/configs/rotation.py:smoke")
   config_lib.apply_overrides(config, ["method.head_hidden_dim=0"])  # A linear head.
   config_lib.validate(config)
+
+
+@pytest.mark.parametrize("spec,override,match", [
+    ("configs/supervised.py:smoke", "method.init_from=timm:/nonexistent/w.safetensors",
+     "/nonexistent/w.safetensors does not exist; pass a timm .safetensors file"),
+    ("configs/supervised.py:smoke", "data.train_subset=per_class:100000",
+     r"data.train_subset='per_class:100000': class 0 has only \d+ samples")])
+def test_missing_weights_and_an_oversized_subset_are_user_errors(tmp_path, spec, override, match):
+  config = config_lib.load_config(f"{REPO}/{spec}")
+  config_lib.apply_overrides(config, [override, "total_steps=2", "eval.protocols="])
+  with pytest.raises(errors.UserError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / "w"))

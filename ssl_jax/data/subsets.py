@@ -18,10 +18,15 @@ import concurrent.futures
 
 import numpy as np
 
+from ssl_jax import errors
 from ssl_jax.data import splits
 
 SPEC_FORMS = ("'' (whole split)", "'fraction:F' with F in (0, 1]", "'per_class:N' with N >= 1")
 _LABEL_READ_THREADS = 16
+
+
+class SubsetError(errors.UserError, ValueError):
+  """`data.train_subset` cannot be drawn from the training source (the message says why)."""
 
 
 class SubsetSource:
@@ -96,13 +101,16 @@ def subset_indices(labels: np.ndarray, spec: str, seed: int) -> np.ndarray | Non
     return None
   labels = np.asarray(labels)
   if labels.size == 0 or labels.min() < 0:
-    raise ValueError(f"data.train_subset={spec!r} draws a class-balanced labelled subset, but "
-                     "the training source has unlabelled records (label -1). Use a labelled "
-                     "source or set data.train_subset=''.")
+    raise SubsetError(f"data.train_subset={spec!r} draws a class-balanced labelled subset, but "
+                      "the training source has unlabelled records (label -1). Use a labelled "
+                      "source or set data.train_subset=''.")
   kind, value = parsed
-  if kind == "fraction":
-    return splits.fraction_indices(labels, value, seed)
-  return splits.per_class_indices(labels, int(value), seed)
+  try:
+    if kind == "fraction":
+      return splits.fraction_indices(labels, value, seed)
+    return splits.per_class_indices(labels, int(value), seed)
+  except ValueError as error:  # e.g. a class with fewer records than per_class:N asks for.
+    raise SubsetError(f"data.train_subset={spec!r}: {error}") from None
 
 
 def apply_subset(source, spec: str, seed: int):

@@ -58,6 +58,7 @@ import safetensors.numpy
 from etils import epath
 from flax import traverse_util
 
+from ssl_jax import errors
 from ssl_jax.models import registry, resnet, vit
 
 PREFIX = "timm:"                  # method.init_from=timm:PATH
@@ -281,19 +282,27 @@ def save(out_dir: str | epath.Path, state_dict: Mapping[str, np.ndarray],
   return {"safetensors": str(weights_path), "config": str(config_path)}
 
 
+class WeightsFileError(errors.UserError, ValueError):
+  """A timm weights file that cannot be read (the message says which and why)."""
+
+
+class WeightsFileNotFoundError(WeightsFileError, FileNotFoundError):
+  """No timm weights file where one was named."""
+
+
 def load_state_dict(path: str | epath.Path) -> dict[str, np.ndarray]:
   """A safetensors file (or a directory holding model.safetensors) as numpy arrays."""
   path = epath.Path(path)
   if path.is_dir():
     path = path / WEIGHTS_NAME
   if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist; pass a timm .safetensors file (or its "
-                            "directory), e.g. the export/timm/ of python -m ssl_jax.export "
-                            "--format timm.")
+    raise WeightsFileNotFoundError(
+        f"{path} does not exist; pass a timm .safetensors file (or its directory), e.g. the "
+        "export/timm/ of python -m ssl_jax.export --format timm.")
   try:
     return safetensors.numpy.load(path.read_bytes())
   except Exception as error:  # safetensors raises its own SafetensorError for a bad header.
-    raise ValueError(f"{path} is not a readable safetensors file ({error}).") from error
+    raise WeightsFileError(f"{path} is not a readable safetensors file ({error}).") from error
 
 
 def from_state_dict(state_dict: Mapping[str, np.ndarray], encoder: nn.Module,
