@@ -107,6 +107,30 @@ def _check_labelled(config) -> None:
         "imagefolder with class subfolders.")
 
 
+def _check_params_fit(params, method, config, overrides: Sequence[str]) -> None:
+  """The saved params must have the shapes of the model this (overridden) config builds."""
+  expected = jax.eval_shape(method.init, jax.random.PRNGKey(0), _sample_batch(config))[0]
+  shapes = lambda tree: {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in
+                         jax.tree_util.tree_flatten_with_path(tree)[0]}
+  saved, built = shapes(params), shapes(expected)
+  if saved == built:
+    return
+  differing = [f"{key}: saved {saved[key]}, built {built[key]}"
+               for key in sorted(saved.keys() & built.keys()) if saved[key] != built[key]]
+  missing = sorted(built.keys() - saved.keys())
+  if differing:
+    detail = differing[0]
+  elif missing:
+    detail = f"{missing[0]} is not in the saved params"
+  else:
+    detail = f"{sorted(saved.keys() - built.keys())[0]} is not in the built model"
+  model_overrides = [o for o in overrides if o.lstrip("-").startswith(("model.", "method."))]
+  raise EvaluationError(
+      f"The saved params do not fit the model this config builds ({detail}). "
+      + (f"Evaluate without {', '.join(model_overrides)}: the model is the run's own."
+         if model_overrides else "Pass the run's own workdir and config."))
+
+
 def evaluate_workdir(workdir: str, *, step: int | None = None,
                      protocols: str | Sequence[str] | None = None, init: str = "checkpoint",
                      overrides: Sequence[str] = (), raw_center: bool = True,
@@ -134,7 +158,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   origin, label, step_value = init, init, None
   if init == "raw":
     evaluated = RawPixels()
-    evaluator = runner.FeatureEvaluator(evaluated, config, mesh)
+    evaluator = runner.FeatureEvaluator(evaluated, config, mesh, protocols)
     size = int(np.prod(evaluator.train_source[0]["image"].shape))
     mean = (mean_pixels(evaluator.train_source, evaluator.batch_size) if raw_center
             else np.zeros((size,), np.float32))
@@ -142,7 +166,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     origin = f"raw pixels ({'mean-centred' if raw_center else 'uncentred'})"
   else:
     evaluated = method
-    evaluator = runner.FeatureEvaluator(method, config, mesh)
+    evaluator = runner.FeatureEvaluator(method, config, mesh, protocols)
     if init == "random":
       params, state = jax.jit(method.init)(jax.random.PRNGKey(config.seed),
                                            _sample_batch(config))
@@ -150,6 +174,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     else:
       run = runs.load_variables(workdir, step)
       params, state, origin = run.params, run.method_state, run.origin
+      _check_params_fit(params, method, config, overrides)
       step_value = run.step
       label = str(run.step) if run.step is not None else "export"
       if state is None:

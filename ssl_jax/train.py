@@ -152,7 +152,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Before the compile starts: an eval source or batch size it rejects fails at once, not after
   # the process has waited for a compile that cannot be cancelled.
   protocols = runner.parse_protocols(config.eval.protocols)
-  evaluator = runner.FeatureEvaluator(method, config, mesh) if protocols else None
+  evaluator = runner.FeatureEvaluator(method, config, mesh, protocols) if protocols else None
   compile_start = time.time()
   step_compiled = setup.compile_step_in_background()  # Overlaps the rest of start-up.
   data_iter = prefetch.DevicePrefetcher(data.iterator, mesh, config.data.prefetch)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
-from ssl_jax import config_lib, evaluate, optim, report, runs
+from ssl_jax import config_lib, errors, evaluate, optim, report, runs
 from ssl_jax.methods import build_method
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -116,3 +116,16 @@ def test_a_dataset_without_labels_is_a_clear_error(workdir, tmp_path):
     evaluate.evaluate_workdir(
         str(workdir), protocols="knn",
         overrides=[f"data.eval_source=npz:{tmp_path}/unlabelled_{{split}}.npz"])
+
+
+def test_an_override_that_changes_the_model_is_refused_before_evaluating(workdir):
+  with pytest.raises(evaluate.EvaluationError, match=r"saved \(.*\), built \(.*Evaluate "
+                     r"without model.hidden_size=48"):
+    evaluate.evaluate_workdir(str(workdir), protocols="knn",
+                              overrides=["model.hidden_size=48"])
+
+
+def test_more_knn_neighbours_than_training_records_is_refused_at_start_up(workdir):
+  with pytest.raises(errors.UserError, match="eval.knn_k=100000 neighbours, but the 'train' "
+                     "split of .* has only"):
+    evaluate.evaluate_workdir(str(workdir), protocols="knn", overrides=["eval.knn_k=100000"])

@@ -8,6 +8,7 @@ similarity is computed in chunks of test features, so no host ever holds the who
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,8 @@ from ssl_jax.methods import base
 class FeatureEvaluator:
   """Holds the labelled eval splits and a jitted feature function for one method."""
 
-  def __init__(self, method: base.Method, config: ml_collections.ConfigDict, mesh):
+  def __init__(self, method: base.Method, config: ml_collections.ConfigDict, mesh,
+               protocols: Sequence[str] = ()):
     self.method = method
     self.config = config
     self.mesh = mesh
@@ -41,6 +43,11 @@ class FeatureEvaluator:
     self.num_classes = int(num_classes)
     self.batch_size = int(config.eval.batch_size)
     parallel.check_batch_size(self.batch_size, mesh, what="eval.batch_size")
+    # Checked here, at start-up, not at the first evaluation: a training run would stop there.
+    if "knn" in protocols and config.eval.knn_k > len(self.train_source):
+      raise sources.DataError(
+          f"eval.knn_k={config.eval.knn_k} neighbours, but the {data.eval_train_split!r} split "
+          f"of {spec} has only {len(self.train_source)} records; lower --config.eval.knn_k.")
     self._features = jax.jit(parallel.on_mesh(method.features, mesh),
                              out_shardings=parallel.batch_sharding(mesh))
     self._embeddings = jax.jit(parallel.on_mesh(method.embeddings, mesh),
