@@ -147,6 +147,11 @@ def main(argv):
     formats = parse_formats(args.format)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
+  if args.subtree and "timm" not in formats:
+    # The other formats write every param; a subtree asked for would be silently ignored.
+    raise app.UsageError(f"--subtree selects the backbone of --format timm; --format "
+                         f"{','.join(formats)} writes every param. Add timm to --format, or "
+                         "drop --subtree.")
   try:
     paths = export_checkpoint(args.workdir, args.step, args.out, formats, args.subtree)
   except (errors.UserError, FileNotFoundError, ValueError) as error:

@@ -223,20 +223,25 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
   """Checks the path, creates the workdir, locks it and records the config; unlocks on exit."""
   check_path(workdir)
   lock = None
-  if jax.process_index() == 0:
-    if _is_remote(workdir):
+  try:
+    if jax.process_index() == 0:
+      if _is_remote(workdir):
+        from etils import epath  # pylint: disable=g-import-not-at-top
+
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        (epath.Path(workdir) / CONFIG_FILE).write_text(config_lib.to_json(config))
+      else:
+        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    else:
       from etils import epath  # pylint: disable=g-import-not-at-top
 
       epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-      (epath.Path(workdir) / CONFIG_FILE).write_text(config_lib.to_json(config))
-    else:
-      pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-      lock = WorkdirLock(workdir)
-      lock.acquire()
-  else:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  except OSError as error:  # Read-only file system, no permission, a path nothing can create.
+    raise errors.WorkdirError(f"--workdir {workdir} cannot be created or written ({error}); "
+                              "pass a directory this user can write.") from None
+  if jax.process_index() == 0 and not _is_remote(workdir):
+    lock = WorkdirLock(workdir)
+    lock.acquire()
   try:
     if lock is not None:
       record_config(config, workdir)

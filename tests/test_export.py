@@ -1,5 +1,7 @@
 """Params-only export from a checkpoint: orbax and .npz agree with the checkpoint's params."""
 
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -28,3 +30,13 @@ def test_export_round_trips(tmp_path):
 def test_export_without_checkpoints_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints"):
     export.export_checkpoint(str(tmp_path / "empty"))
+
+
+def test_a_subtree_without_the_timm_format_is_a_usage_error(tmp_path, monkeypatch, capsys):
+  """--subtree picks the timm backbone; the params formats write every param, so asking for a
+  subtree with them alone would be silently ignored."""
+  monkeypatch.setattr(sys, "argv", ["export", f"--workdir={tmp_path}", "--format=npz",
+                                    "--subtree=method_state/teacher/encoder"])
+  with pytest.raises(SystemExit):
+    export.run()
+  assert "--subtree selects the backbone of --format timm; --format npz" in capsys.readouterr().err

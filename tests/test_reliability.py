@@ -445,6 +445,13 @@ def test_workdir_errors_are_one_line_without_traceback(tmp_path, capsys, monkeyp
       train.train_and_evaluate(smoke_config(), str(tmp_path / "file"))
 
 
+def test_a_workdir_nothing_can_create_is_a_workdir_error():
+  if not pathlib.Path("/proc/self").is_dir():
+    pytest.skip("needs Linux's /proc, where no directory can be made")
+  with pytest.raises(errors.WorkdirError, match="/proc/ssl_jax_w cannot be created or written"):
+    train.train_and_evaluate(smoke_config(), "/proc/ssl_jax_w")
+
+
 def test_the_train_command_line_prints_no_traceback(tmp_path):
   (tmp_path / "file").write_text("")
   proc = subprocess.run(
