@@ -179,8 +179,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   optim.check_groups(config.optim)
   from ssl_jax import profiler  # Imports this module.
   profiler.parse_window(config.get("profile_steps", ""))
-  _check_method_keys(config)
-  _check_method_sizes(config)
+  method_reference = _method_reference(config)
+  if method_reference is not None:
+    _check_method_keys(config, method_reference)
+    _check_method_sizes(config, method_reference)
   _check_ranges(config)
   try:
     subsets.parse_spec(config.data.train_subset)
@@ -214,25 +216,29 @@ def _check_known_keys(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"Unknown config key {key!r} (not in config_lib.base_config()).{hint}")
 
 
-def _check_method_keys(config: ml_collections.ConfigDict) -> None:
-  """Every `method.*` key must exist in the method's defaults (`methods.default_method_config`).
+def _method_reference(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """`{'method': <the method's defaults>}` (`methods.default_method_config`), or None where no
+  method is chosen yet (base_config() alone) or the method has no defaults."""
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (jax, only when needed)
+
+  name = config.method.get("name", "")
+  if not name:
+    return None
+  try:
+    defaults = methods.default_method_config(name)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  return None if defaults is None else ml_collections.ConfigDict({"method": defaults})
+
+
+def _check_method_keys(config: ml_collections.ConfigDict,
+                       reference: ml_collections.ConfigDict) -> None:
+  """Every `method.*` key must exist in the method's defaults (`reference`).
 
   A config file writes `method.*` freely (it builds the section itself), so a misspelt key there
   would otherwise be a silently ignored setting; the command line is locked, but against the
   file's section, which may itself hold the typo.
   """
-  from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (jax, only when needed)
-
-  name = config.method.get("name", "")
-  if not name:
-    return  # base_config() alone: no method chosen yet, so no method keys to check.
-  try:
-    defaults = methods.default_method_config(name)
-  except ValueError as error:
-    raise ConfigError(str(error)) from None
-  if defaults is None:
-    return
-  reference = ml_collections.ConfigDict({"method": defaults})
   known = set(_all_keys(reference))
   for key in _all_keys(ml_collections.ConfigDict({"method": config.method})):
     if key in known:
@@ -242,8 +248,8 @@ def _check_method_keys(config: ml_collections.ConfigDict) -> None:
       continue  # Reported at its parent already.
     suggestion = closest_keys(reference, key)
     hint = f" Did you mean: {', '.join(suggestion)}?" if suggestion else ""
-    raise ConfigError(f"Unknown config key {key!r} (not a key of method {name!r}'s defaults)."
-                      f"{hint}")
+    raise ConfigError(f"Unknown config key {key!r} (not a key of method "
+                      f"{config.method.name!r}'s defaults).{hint}")
 
 
 # Layer widths and output counts of the methods' heads: 0 makes a layer with no units, which fails
@@ -253,16 +259,10 @@ def _check_method_keys(config: ml_collections.ConfigDict) -> None:
 _METHOD_SIZE_KEY = re.compile(r"(_dim|^nmb_prototypes|^num_permutations|^num_slices|^num_knots)$")
 
 
-def _check_method_sizes(config: ml_collections.ConfigDict) -> None:
-  """`method.*` widths and counts (`_METHOD_SIZE_KEY`) whose default is positive must be ints
-  >= 1."""
-  from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (jax, only when needed)
-
-  name = config.method.get("name", "")
-  defaults = methods.default_method_config(name) if name else None
-  if defaults is None:
-    return
-  reference = ml_collections.ConfigDict({"method": defaults})
+def _check_method_sizes(config: ml_collections.ConfigDict,
+                        reference: ml_collections.ConfigDict) -> None:
+  """`method.*` widths and counts (`_METHOD_SIZE_KEY`) whose default in `reference` is positive
+  must be ints >= 1."""
   for key in _all_keys(reference):
     default_present, default = _lookup(reference, key)
     present, value = _lookup(config, key)

@@ -107,12 +107,12 @@ def _check_labelled(config) -> None:
         "imagefolder with class subfolders.")
 
 
-def _check_params_fit(params, method, config, overrides: Sequence[str]) -> None:
-  """The saved params must have the shapes of the model this (overridden) config builds."""
-  expected = jax.eval_shape(method.init, jax.random.PRNGKey(0), _sample_batch(config))[0]
+def _check_params_fit(params, abstract_params, overrides: Sequence[str]) -> None:
+  """The saved `params` must have the shapes of `abstract_params`, those of the model this
+  (overridden) config builds."""
   shapes = lambda tree: {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in
                          jax.tree_util.tree_flatten_with_path(tree)[0]}
-  saved, built = shapes(params), shapes(expected)
+  saved, built = shapes(params), shapes(abstract_params)
   if saved == built:
     return
   differing = [f"{key}: saved {saved[key]}, built {built[key]}"
@@ -174,12 +174,12 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     else:
       run = runs.load_variables(workdir, step)
       params, state, origin = run.params, run.method_state, run.origin
-      _check_params_fit(params, method, config, overrides)
+      abstract_params, abstract_state = jax.eval_shape(method.init, jax.random.PRNGKey(0),
+                                                       _sample_batch(config))
+      _check_params_fit(params, abstract_params, overrides)
       step_value = run.step
       label = str(run.step) if run.step is not None else "export"
       if state is None:
-        abstract_state = jax.eval_shape(method.init, jax.random.PRNGKey(0),
-                                        _sample_batch(config))[1]
         if jax.tree.leaves(abstract_state):
           logging.warning("Exported params carry no method state (BatchNorm statistics, EMA "
                           "teachers); evaluating with freshly initialised state. Evaluate a "

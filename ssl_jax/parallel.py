@@ -9,7 +9,6 @@ explicit shardings runs the same program on one CPU and on a pod.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 from typing import Any, Callable, Sequence
@@ -102,18 +101,8 @@ _TRACING_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
     "tracing_mesh", default=None)
 
 
-@contextlib.contextmanager
-def tracing_mesh(mesh: Mesh):
-  """Within the block, `current_mesh()` is `mesh`."""
-  token = _TRACING_MESH.set(mesh)
-  try:
-    yield mesh
-  finally:
-    _TRACING_MESH.reset(token)
-
-
 def current_mesh() -> Mesh | None:
-  """The mesh set by the innermost `tracing_mesh` / `on_mesh`, or None outside any."""
+  """The mesh of the innermost `on_mesh` function being run (traced), or None outside any."""
   return _TRACING_MESH.get()
 
 
@@ -124,8 +113,11 @@ def on_mesh(fn: Callable, mesh: Mesh) -> Callable:
 
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
-    with tracing_mesh(mesh):
+    token = _TRACING_MESH.set(mesh)
+    try:
       return fn(*args, **kwargs)
+    finally:
+      _TRACING_MESH.reset(token)
 
   return wrapped
 

@@ -223,19 +223,12 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
   """Checks the path, creates the workdir, locks it and records the config; unlocks on exit."""
   check_path(workdir)
   lock = None
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
   try:
-    if jax.process_index() == 0:
-      if _is_remote(workdir):
-        from etils import epath  # pylint: disable=g-import-not-at-top
-
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        (epath.Path(workdir) / CONFIG_FILE).write_text(config_lib.to_json(config))
-      else:
-        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-    else:
-      from etils import epath  # pylint: disable=g-import-not-at-top
-
-      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0 and _is_remote(workdir):
+      (epath.Path(workdir) / CONFIG_FILE).write_text(config_lib.to_json(config))
   except OSError as error:  # Read-only file system, no permission, a path nothing can create.
     raise errors.WorkdirError(f"--workdir {workdir} cannot be created or written ({error}); "
                               "pass a directory this user can write.") from None

@@ -501,35 +501,6 @@ def test_a_bad_eval_batch_size_fails_before_the_train_step_compiles(tmp_path, mo
 
 
 @pytest.mark.parametrize("spec,override,match", [
-    ("configs/simclr.py:smoke", "method.temperature=0", "method.temperature must be > 0"),
-    ("configs/dino.py:smoke", "method.local_crops_number=-1", "local_crops_number must be >= 0"),
-    ("configs/mae.py:smoke", "data.train_subset=abc", "Bad data.train_subset 'abc'")])
-def test_method_values_checked_while_the_step_traces_are_user_errors(tmp_path, spec, override,
-                                                                     match):
-  """Some method values are first read while the train step traces (after the state is
-  initialised): they too raise a ConfigError, printed in one line by the command line."""
-  config = config_lib.load_config(f"{REPO}/{spec}")
-  config_lib.apply_overrides(config, [override, "total_steps=2", "eval.protocols="])
-  with pytest.raises(config_lib.ConfigError, match=match):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
-
-
-@pytest.mark.parametrize("spec,override,match", [
-    ("configs/byol.py:smoke", "method.base_momentum=1.5", "byol: EMA momentum must be in"),
-    ("configs/dino.py:smoke", "method.teacher_temp=0", "dino: Teacher temperatures must be > 0")])
-def test_loss_values_rejected_while_the_step_traces_are_config_errors(tmp_path, spec, override,
-                                                                      match):
-  """A loss that checks its hyper-parameters raises ValueError while the step traces (the
-  background compile); the loop reports it as the ConfigError it is, before any step."""
-  config = config_lib.load_config(f"{REPO}/{spec}")
-  config_lib.apply_overrides(config, [override, "total_steps=2", "eval.protocols="])
-  with pytest.raises(config_lib.ConfigError, match=match):
-    train.train_and_evaluate(config, str(tmp_path / "w"))
-  assert not (tmp_path / "w" / "checkpoints").exists() or not any(
-      (tmp_path / "w" / "checkpoints").iterdir())
-
-
-@pytest.mark.parametrize("spec,override,match", [
     ("configs/dino.py:smoke", "method.out_dim=0", "method.out_dim must be an integer >= 1"),
     ("configs/jigsaw.py:smoke", "method.num_permutations=0", "num_permutations must be"),
     ("configs/swav.py:smoke", "method.nmb_prototypes=2.5",
@@ -548,13 +519,30 @@ def test_a_zero_width_is_allowed_where_zero_is_the_default():
   config_lib.validate(config)
 
 
-@pytest.mark.parametrize("spec,override,match", [
+@pytest.mark.parametrize("spec,override,error,match", [
+    # Method values first read while the train step traces (after the state is initialised).
+    ("configs/simclr.py:smoke", "method.temperature=0", config_lib.ConfigError,
+     "method.temperature must be > 0"),
+    ("configs/dino.py:smoke", "method.local_crops_number=-1", config_lib.ConfigError,
+     "local_crops_number must be >= 0"),
+    ("configs/mae.py:smoke", "data.train_subset=abc", config_lib.ConfigError,
+     "Bad data.train_subset 'abc'"),
+    # A loss's own ValueError while the step traces (the background compile).
+    ("configs/byol.py:smoke", "method.base_momentum=1.5", config_lib.ConfigError,
+     "byol: EMA momentum must be in"),
+    ("configs/dino.py:smoke", "method.teacher_temp=0", config_lib.ConfigError,
+     "dino: Teacher temperatures must be > 0"),
+    # Files and subsets the run reads at start-up.
     ("configs/supervised.py:smoke", "method.init_from=timm:/nonexistent/w.safetensors",
-     "/nonexistent/w.safetensors does not exist; pass a timm .safetensors file"),
-    ("configs/supervised.py:smoke", "data.train_subset=per_class:100000",
+     errors.UserError, "/nonexistent/w.safetensors does not exist; pass a timm .safetensors"),
+    ("configs/supervised.py:smoke", "data.train_subset=per_class:100000", errors.UserError,
      r"data.train_subset='per_class:100000': class 0 has only \d+ samples")])
-def test_missing_weights_and_an_oversized_subset_are_user_errors(tmp_path, spec, override, match):
+def test_bad_values_found_at_start_up_are_user_errors_before_any_step(tmp_path, spec, override,
+                                                                      error, match):
+  """Each is one line on the command line (a UserError), raised before any step is saved."""
   config = config_lib.load_config(f"{REPO}/{spec}")
   config_lib.apply_overrides(config, [override, "total_steps=2", "eval.protocols="])
-  with pytest.raises(errors.UserError, match=match):
+  with pytest.raises(error, match=match):
     train.train_and_evaluate(config, str(tmp_path / "w"))
+  checkpoints = tmp_path / "w" / "checkpoints"
+  assert not checkpoints.exists() or not any(checkpoints.iterdir())

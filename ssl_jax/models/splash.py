@@ -90,7 +90,7 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scal
   kernel; [B, T, heads, head_dim] out, in q's dtype.
 
   `interpret` (default: off a TPU) runs the kernel in Pallas' interpreter. Under a
-  `parallel.tracing_mesh` of more than one device each device runs its own rows; a batch that
+  `parallel.on_mesh` mesh of more than one device each device runs its own rows; a batch that
   does not split evenly over the mesh (the loop's batches always do) is attended whole, where
   XLA places it."""
   if interpret is None:
