@@ -20,6 +20,8 @@ import os
 import jax
 from absl import logging
 
+from ssl_jax import errors
+
 
 def resolve(cache_dir: str, workdir: str) -> str | None:
   """The cache's location: None when off (""), `workdir/cache_dir` for a relative path."""
@@ -36,10 +38,16 @@ def enable(cache_dir: str, workdir: str) -> str | None:
   Call before the run's first compilation. JAX opens the cache at the first compilation after
   the directory is set and keeps it for the process, so a second run in the same process with
   another directory still uses the first (one warning; the CLI runs one run per process).
+
+  Raises:
+    errors.WorkdirError: the directory cannot be created or written. JAX would skip every
+      cache write with a log line and the run would go on uncached, so the restart that the
+      cache is for would compile again; this says so before any work.
   """
   path = resolve(cache_dir, workdir)
   if path is None:
     return None
+  _check_writable(path)
   current = jax.config.jax_compilation_cache_dir
   if current and current != path:
     logging.warning("compilation_cache_dir: this process already caches in %s; %s is not used "
@@ -48,3 +56,19 @@ def enable(cache_dir: str, workdir: str) -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   logging.info("Persistent compilation cache: %s", path)
   return path
+
+
+def _check_writable(path: str) -> None:
+  """Creates `path` (any epath backend: local, `gs://`) and, when local, checks it is writable."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  try:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+    writable = "://" in path or os.access(path, os.W_OK | os.X_OK)
+  except OSError as error:  # No permission, a read-only mount, a file in the way.
+    problem = str(error)
+  else:
+    problem = None if writable else "no write permission"
+  if problem:
+    raise errors.WorkdirError(
+        f"compilation_cache_dir {path} cannot be created or written ({problem}); pass a "
+        "writable folder, or --config.compilation_cache_dir= to run without the cache.")

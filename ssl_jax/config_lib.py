@@ -15,6 +15,7 @@ import importlib.util
 import json
 import pathlib
 import re
+import traceback
 from typing import Any, Iterable
 
 import ml_collections
@@ -84,7 +85,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
                       "--config configs/mae.py:smoke")
   module_spec = importlib.util.spec_from_file_location(f"_ssl_jax_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as error:  # pylint: disable=broad-except
+    raise _config_code_error(spec, file, error) from error
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config(arg) function.")
   try:
@@ -93,6 +97,22 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise
   except ValueError as error:  # e.g. configs/common.py's UnknownPresetError: a bad `:arg`.
     raise ConfigError(f"{spec}: {error}") from error
+  except Exception as error:  # pylint: disable=broad-except
+    raise _config_code_error(spec, file, error) from error
+
+
+def _config_code_error(spec: str, file: pathlib.Path, error: Exception) -> ConfigError:
+  """A config file's own bug (a NameError, a SyntaxError, ...) as one line naming its line in
+  that file; `--debug` still shows the whole traceback."""
+  where = ""
+  if isinstance(error, SyntaxError) and error.lineno:
+    where = f" (line {error.lineno})"
+  for frame in reversed(traceback.extract_tb(error.__traceback__)):
+    if pathlib.Path(frame.filename).resolve() == file.resolve():
+      where = f" (line {frame.lineno}: {frame.line})"
+      break
+  return ConfigError(f"{spec}: the config file raised {type(error).__name__}: {error}{where}. "
+                     "Fix the file; --debug shows the traceback.")
 
 
 def _parse_value(text: str, current: Any) -> Any:
@@ -323,8 +343,13 @@ _RANGES = {
     "optim.momentum": (0, False, 1, True, ""),
     "optim.trust_coefficient": (0, True, None, False, ""),
     "optim.grad_clip_norm": (0, False, None, False, "0 disables clipping"),
+    "optim.clip_per_tensor": (0, False, None, False, "0 disables clipping"),
+    "optim.warmup_start_lr": (0, False, None, False, ""),
+    "optim.weight_decay_end": (0, False, None, False, ""),
     "eval.knn_k": (1, False, None, False, ""),
     "eval.knn_temperature": (0, True, None, False, ""),
+    "eval.softnn_temperature": (0, True, None, False, ""),
+    "eval.online_probe_lr": (0, True, None, False, ""),
     "eval.batch_size": (1, False, None, False, ""),
     "eval.num_vis_images": (0, False, None, False, ""),
     "collapse.min_std": (0, False, None, False, "0 disables the warning"),

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -140,6 +141,10 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     raise EvaluationError(f"--init must be one of {INITS}, got {init!r}.")
   if step is not None and init != "checkpoint":
     raise EvaluationError(f"--step selects a checkpoint; it has no meaning with --init={init}.")
+  # Checked first: the tag names the output file, which is written after the evaluation.
+  if not re.fullmatch(r"[A-Za-z0-9._-]*", tag):
+    raise EvaluationError(f"--tag {tag!r} must be letters, digits, '.', '_' or '-' (it becomes "
+                          "part of the file name W/eval/<step>_<tag>.json).")
   protocols = parse_protocols(protocols)
   config = runs.load_config(workdir, overrides)
   if config.method.get("init_from"):

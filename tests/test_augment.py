@@ -104,6 +104,8 @@ def test_normalize_exact():
   np.testing.assert_allclose(augment.normalize(image, mean, std), expected, rtol=1e-6, atol=1e-7)
   with pytest.raises(ValueError, match="one value per channel"):
     augment.normalize(image, (0.5,), (0.5,))
+  with pytest.raises(ValueError, match="must be > 0 in every channel"):
+    augment.normalize(image, mean, (0.2, 0.0, 0.4))
 
 
 def test_colour_adjustments_match_torchvision_formulas():

@@ -66,6 +66,17 @@ def test_unknown_preset_and_missing_file():
     config_lib.load_config("configs/nope.py:smoke")
 
 
+def test_a_config_file_that_raises_is_a_config_error_naming_its_line(tmp_path):
+  (tmp_path / "broken.py").write_text("def get_config(arg='x'):\n  return undefined_name\n")
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"broken.py:a: the config file raised NameError: .*undefined_name.* "
+                           r"\(line 2: return undefined_name\)"):
+    config_lib.load_config(f"{tmp_path}/broken.py:a")
+  (tmp_path / "syntax.py").write_text("def get_config(arg):\n  return (\n")
+  with pytest.raises(config_lib.ConfigError, match=r"raised SyntaxError: .*\(line \d\)"):
+    config_lib.load_config(f"{tmp_path}/syntax.py")
+
+
 def test_command_line_splits_overrides():
   rest, overrides = train.split_config_overrides(
       ["prog", "--config", "configs/mae.py:smoke", "--config.optim.lr=2", "--workdir=/w"])

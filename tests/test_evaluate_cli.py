@@ -101,6 +101,9 @@ def test_bad_paths_and_steps_are_clear_errors(workdir, tmp_path):
     runs.load_variables(workdir, step=99)
   with pytest.raises(evaluate.EvaluationError, match="Unknown or no protocols"):
     evaluate.evaluate_workdir(str(workdir), protocols="knn,svm")
+  # The tag names the output file: a path in it would fail at the write, after the evaluation.
+  with pytest.raises(evaluate.EvaluationError, match="--tag 'a/b' must be letters"):
+    evaluate.evaluate_workdir(str(workdir), protocols="knn", tag="a/b")
   with pytest.raises(SystemExit, match="Unknown config key"):
     evaluate.main(evaluate._parse_flags(["evaluate", "--workdir", str(workdir),
                                          "--data.eval_sorce=digits"]))

@@ -2,6 +2,7 @@
 profiler window, collapse metrics and their warning, and the optional W&B writer."""
 
 import json
+import os
 import logging as std_logging
 import pathlib
 import sys
@@ -227,3 +228,24 @@ def test_compilation_cache_dir_is_off_by_default_and_relative_to_the_workdir():
   assert compile_cache.resolve("xla_cache", "/runs/w") == "/runs/w/xla_cache"
   assert compile_cache.resolve("/shared/cache", "/runs/w") == "/shared/cache"
   assert compile_cache.resolve("gs://bucket/cache", "/runs/w") == "gs://bucket/cache"
+
+
+def test_a_compilation_cache_dir_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+  from ssl_jax import compile_cache, errors
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(errors.WorkdirError, match="compilation_cache_dir .* cannot be created"):
+    compile_cache.enable(str(blocker / "cache"), str(tmp_path))
+  read_only = tmp_path / "read_only"
+  read_only.mkdir(mode=0o500)
+  if os.access(read_only, os.W_OK):  # root ignores permission bits.
+    pytest.skip("this user can write into a read-only folder")
+  with pytest.raises(errors.WorkdirError, match="no write permission"):
+    compile_cache.enable(str(read_only), str(tmp_path))
+  assert not jax.config.jax_compilation_cache_dir
+
+
+def test_a_relative_compilation_cache_dir_is_created_in_the_workdir(tmp_path):
+  from ssl_jax import compile_cache
+  compile_cache._check_writable(str(tmp_path / "w" / "xla_cache"))
+  assert (tmp_path / "w" / "xla_cache").is_dir()

@@ -295,6 +295,8 @@ def normalize(image: jax.Array, mean: Sequence[float], std: Sequence[float]) -> 
   if len(mean) != image.shape[-1] or len(std) != image.shape[-1]:
     raise ValueError(f"normalize: mean {tuple(mean)} and std {tuple(std)} need one value per "
                      f"channel ({image.shape[-1]}).")
+  if not all(float(s) > 0 for s in std):
+    raise ValueError(f"normalize: std {tuple(std)} must be > 0 in every channel (it divides).")
   mean = jnp.asarray(mean, image.dtype)
   std = jnp.asarray(std, image.dtype)
   return (image - mean) / std
