@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 from ssl_jax import errors, parallel, runs
 from ssl_jax.data import pipeline, pseudo_labels, sources
@@ -121,6 +122,8 @@ def label_workdir(workdir: str, *, data: str, out: str, split: str = "train",
   transforms = parse_transforms(transforms)
   if any(s <= 0 for s in scales):
     raise LabelError(f"--scales must be positive, got {list(scales)}.")
+  if jax.process_index() == 0:
+    _check_writable(out)
   config = runs.load_config(workdir)
   if config.method.get("init_from"):
     config.method.init_from = ""  # The checkpoint holds the fine-tuned params.
@@ -151,6 +154,25 @@ def label_workdir(workdir: str, *, data: str, out: str, split: str = "train",
   if jax.process_index() == 0:
     pseudo_labels.write(out, soft, meta)
   return meta
+
+
+def _check_writable(out: str) -> None:
+  """Refuses an `--out` the labels could not be written to, before the teacher labels anything
+  (the write comes last: a bad path would lose the whole pass)."""
+  path = epath.Path(out)
+  problem = None
+  if path.is_dir():
+    problem = "it is a directory; name a file in it, e.g. labels.npz"
+  else:
+    probe = path.parent / f".{path.name}.write_test"
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      probe.write_bytes(b"")
+      probe.unlink()
+    except OSError as error:  # A file in the way, a read-only mount, no permission.
+      problem = str(error)
+  if problem:
+    raise LabelError(f"--out {out} cannot be written ({problem}).")
 
 
 def _parse_flags(argv: list[str]) -> argparse.Namespace:

@@ -274,6 +274,13 @@ def test_label_refuses_a_teacher_without_a_classifier_and_unknown_transforms(tmp
                         transforms="flip,rotate")
   assert not (tmp_path / "l.npz").exists()
   assert json.loads((tmp_path / "config.json").read_text())["method"]["name"] == "simclr"
+  # An --out the labels could not be written to is refused before the teacher is even read
+  # (the write comes after the whole labelling pass).
+  with pytest.raises(label.LabelError, match="cannot be written \\(it is a directory"):
+    label.label_workdir(str(tmp_path), data="digits", out=str(tmp_path))
+  with pytest.raises(label.LabelError, match="--out .*/config.json/l.npz cannot be written"):
+    label.label_workdir(str(tmp_path), data="digits", out=str(tmp_path / "config.json" / "l.npz"))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
 def test_student_noise_is_stochastic_depth_and_head_dropout_in_training_only(student):
