@@ -97,6 +97,8 @@ def test_export_and_evaluate_refuse_non_finite_params(tmp_path):
     ("optim.schedule=cosin", "optim.schedule must be one of 'cosine', 'constant'"),
     ("eval.protocols=knn,lineer", "unknown protocol"),
     ("model.name=vit_q4", "model.name must be one of"),
+    ("optim.clip_per_tensor=-1.0", "optim.clip_per_tensor must be >= 0"),
+    ("eval.softnn_temperature=0.0", "eval.softnn_temperature must be > 0"),
 ])
 def test_settings_that_destroy_or_invert_work_are_config_errors(override, message):
   config = smoke_config()
