@@ -276,22 +276,61 @@ def _check_method_keys(config: ml_collections.ConfigDict,
 # deep inside initialisation (a division by a zero fan) rather than as a config error. Only keys
 # whose default is positive: 0 is a documented setting where the default is 0 (e.g. rotation's
 # head_hidden_dim: a linear head).
-_METHOD_SIZE_KEY = re.compile(r"(_dim|^nmb_prototypes|^num_permutations|^num_slices|^num_knots)$")
+# (RandAugment's layer count is not one: 0 turns RandAugment off in every method.)
+_METHOD_SIZE_KEY = re.compile(r"(_dim|_heads|_depth|(?<!randaugment)_layers|^hidden_mlp|"
+                              r"^nmb_prototypes|^num_permutations|^num_slices|^num_knots|"
+                              r"^num_last_blocks|^output_stride|kernel_size|^soft_neighbours)$")
+_PROBABILITY = (0, False, 1, False, "a probability")
+_FRACTION = (0, False, 1, False, "")
+_NON_NEGATIVE = (0, False, None, False, "")
+_POSITIVE = (0, True, None, False, "")
+# `method.*` leaves, in any method and at any depth, by their last name: what the paper's
+# quantity allows (key: (low, low_open, high, high_open, why), as `_RANGES`).
+_METHOD_LEAF_RANGES = {
+    "flip_prob": _PROBABILITY, "mix_prob": _PROBABILITY, "mix_switch_prob": _PROBABILITY,
+    "randaugment_prob": _PROBABILITY,
+    "center_momentum": (0, False, 1, False, "an EMA rate"),
+    "attention_keep_mass": (0, True, 1, False, "the share of attention mass kept"),
+    "rebalance_mix": (0, False, 1, False, "lambda, the mix of the prior with uniform"),
+    "temperature": (0, True, None, False, "it divides the logits"),
+    "sharpen": (0, True, None, False, "PAWS's sharpening temperature T; it divides"),
+    "prior_sigma": _POSITIVE, "soft_sigma": _POSITIVE,
+    "unlabeled_weight": (0, False, None, False, "a negative weight ascends that loss"),
+    "consistency_weight": (0, False, None, False, "a negative weight ascends that loss"),
+    "feature_extractor_perceptual_weight": (0, False, None, False,
+                                            "a negative weight ascends that loss"),
+    "feature_extractor_style_weight": (0, False, None, False,
+                                       "a negative weight ascends that loss"),
+    "input_noise": _NON_NEGATIVE, "rampup_steps": _NON_NEGATIVE,
+    "rampup_start_epochs": _NON_NEGATIVE, "rampup_end_epochs": _NON_NEGATIVE,
+    "epoch_queue_starts": (0, False, None, False, "0: from the first step"),
+    "mixup_alpha": (0, False, None, False, "0 disables it"),
+    "cutmix_alpha": (0, False, None, False, "0 disables it"),
+    "head_init_std": _NON_NEGATIVE, "randaugment_magnitude": _NON_NEGATIVE,
+    "randaugment_magnitude_std": _NON_NEGATIVE, "label_smoothing": (0, False, 1, True, ""),
+    "threshold": _FRACTION, "cutout_fraction": _FRACTION,
+}
 
 
 def _check_method_sizes(config: ml_collections.ConfigDict,
                         reference: ml_collections.ConfigDict) -> None:
-  """`method.*` widths and counts (`_METHOD_SIZE_KEY`) whose default in `reference` is positive
-  must be ints >= 1."""
+  """`method.*` widths and counts (`_METHOD_SIZE_KEY`) must be ints >= 1 where their default in
+  `reference` is positive, >= 0 where it is 0 (0: that layer is off); the leaves named in
+  `_METHOD_LEAF_RANGES` must lie in their range."""
   for key in _all_keys(reference):
     default_present, default = _lookup(reference, key)
     present, value = _lookup(config, key)
-    if not (present and default_present and _METHOD_SIZE_KEY.search(key.rsplit(".", 1)[-1])
-            and _is_number(default) and default > 0):
+    if not (present and default_present and _is_number(default)):
       continue
-    if not (_is_number(value) and float(value).is_integer() and value >= 1):
-      raise ConfigError(f"{key} must be an integer >= 1 (a layer width or count; default "
-                        f"{default}); got {value!r}.")
+    leaf = key.rsplit(".", 1)[-1]
+    if _METHOD_SIZE_KEY.search(leaf) and default >= 0:
+      low = 1 if default > 0 else 0
+      if not (_is_number(value) and float(value).is_integer() and value >= low):
+        what = "a layer width or count" + ("" if low else ", 0 for none")
+        raise ConfigError(f"{key} must be an integer >= {low} ({what}; default {default}); got "
+                          f"{value!r}.")
+    if leaf in _METHOD_LEAF_RANGES:
+      _check_number(key, value, *_METHOD_LEAF_RANGES[leaf])
 
 
 def _is_number(value: Any) -> bool:
@@ -375,6 +414,20 @@ def _range_text(low, low_open, high, high_open) -> str:
   return " and ".join(parts)
 
 
+def _check_number(key: str, value: Any, low, low_open: bool, high, high_open: bool,
+                  why: str) -> None:
+  """`value` of `key` is a number within the bounds, or a ConfigError saying which."""
+  if not _is_number(value):
+    raise ConfigError(f"{key} must be a number {_range_text(low, low_open, high, high_open)}; "
+                      f"got {value!r}.")
+  too_low = low is not None and (value <= low if low_open else value < low)
+  too_high = high is not None and (value >= high if high_open else value > high)
+  if too_low or too_high:
+    reason = f" ({why})" if why else ""
+    raise ConfigError(f"{key} must be {_range_text(low, low_open, high, high_open)}{reason}; "
+                      f"got {value!r}.")
+
+
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
   """Every shared key's type, range or allowed values, with the valid ones in the message."""
   for key, choices in _CHOICES.items():
@@ -392,19 +445,10 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     present, value = _lookup(config, key)
     if present and not (_is_number(value) and float(value).is_integer()):
       raise ConfigError(f"{key} must be an integer; got {value!r}.")
-  for key, (low, low_open, high, high_open, why) in _RANGES.items():
+  for key, bounds in _RANGES.items():
     present, value = _lookup(config, key)
-    if not present:
-      continue
-    if not _is_number(value):
-      raise ConfigError(f"{key} must be a number {_range_text(low, low_open, high, high_open)}; "
-                        f"got {value!r}.")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-      reason = f" ({why})" if why else ""
-      raise ConfigError(f"{key} must be {_range_text(low, low_open, high, high_open)}{reason}; "
-                        f"got {value!r}.")
+    if present:
+      _check_number(key, value, *bounds)
   present, data_axis = _lookup(config, "mesh.data")
   if present and data_axis != -1 and data_axis < 1:
     raise ConfigError(f"mesh.data must be -1 (every device not used by fsdp) or >= 1; got "

@@ -159,6 +159,17 @@ def method_errors_as_config_errors(config: ml_collections.ConfigDict):
     raise config_lib.ConfigError(f"{config.method.name}: {e}") from e
 
 
+def _check_head_covers_the_labels(config: ml_collections.ConfigDict,
+                                  num_classes: int | None) -> None:
+  """A classifier head narrower than the training labels is refused: a label past the head's
+  last class one-hot encodes to a row of zeros, which trains on nothing (or gives a NaN loss)."""
+  head_classes = config.method.get("num_classes")
+  if num_classes and head_classes and int(num_classes) > int(head_classes):
+    raise config_lib.ConfigError(
+        f"method.num_classes={head_classes}, but the training labels have {num_classes} "
+        f"classes; set --config.method.num_classes={num_classes}.")
+
+
 def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int,
           devices: Sequence[jax.Device] | None = None,
           num_classes: int | None = None) -> TrainSetup:
@@ -172,6 +183,7 @@ def build(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoc
 
   Nothing large is allocated: shapes come from `jax.eval_shape`; `init_state()` allocates.
   """
+  _check_head_covers_the_labels(config, num_classes)
   mesh = parallel.make_mesh(config.mesh, devices)
   sizes = streams.batch_sizes(config)
   for name, batch_size in ({"": sizes} if isinstance(sizes, int) else sizes).items():

@@ -507,12 +507,35 @@ def test_a_bad_eval_batch_size_fails_before_the_train_step_compiles(tmp_path, mo
     ("configs/jigsaw.py:smoke", "method.num_permutations=0", "num_permutations must be"),
     ("configs/swav.py:smoke", "method.nmb_prototypes=2.5",
      "method.nmb_prototypes must be of type int"),
+    ("configs/mae.py:smoke", "method.decoder_heads=-1", "method.decoder_heads must be an integer"),
+    ("configs/swav.py:smoke", "method.hidden_mlp=-1", "method.hidden_mlp must be an integer >= 1"),
+    ("configs/rotation.py:smoke", "method.head_hidden_dim=-1",
+     r"method.head_hidden_dim must be an integer >= 0 \(a layer width or count, 0 for none"),
+    # Values of the paper's quantities (by leaf name, in every method), checked at start-up;
+    # before, each of these trained (a negative weight ascends its loss) or crashed later.
+    ("configs/fixmatch.py:smoke", "method.unlabeled_weight=-1.0",
+     "method.unlabeled_weight must be >= 0 .a negative weight ascends that loss"),
+    ("configs/dino.py:smoke", "method.center_momentum=1.5", "method.center_momentum must be"),
+    ("configs/dino.py:smoke", "method.attention_keep_mass=2.0",
+     "method.attention_keep_mass must be > 0 and <= 1"),
+    ("configs/paws.py:smoke", "method.sharpen=0.0", "method.sharpen must be > 0"),
+    ("configs/colorization.py:smoke", "method.temperature=0.0", "method.temperature must be > 0"),
+    ("configs/colorization.py:smoke", "method.rebalance_mix=1.5", "method.rebalance_mix must be"),
 ])
 def test_zero_widths_and_mistyped_values_are_config_errors(spec, override, match):
   config = config_lib.load_config(f"{REPO}/{spec}")
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.apply_overrides(config, [override])
     config_lib.validate(config)
+
+
+def test_a_classifier_head_narrower_than_the_labels_is_refused():
+  from ssl_jax import trainer
+  config = config_lib.load_config(f"{REPO}/configs/fixmatch.py:smoke")
+  config_lib.apply_overrides(config, ["method.num_classes=3"])
+  with pytest.raises(config_lib.ConfigError, match="method.num_classes=3, but the training "
+                     "labels have 10 classes; set --config.method.num_classes=10"):
+    trainer.build(config, total_steps=2, steps_per_epoch=1, num_classes=10)
 
 
 def test_a_zero_width_is_allowed_where_zero_is_the_default():
