@@ -22,10 +22,11 @@ Two guarantees shared by the training loop and every reader (evaluate, export, i
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import shutil
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import grain.python as grain
 import jax
@@ -116,6 +117,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=async_save,
                                              create=True))
+    self._saving: int | None = None  # The step whose asynchronous save was started last.
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -164,10 +166,55 @@ class Checkpointer:
     self.manager.reload()
 
   def save(self, step: int, train_state: Any, data_iterator: Any, *, force: bool = False) -> bool:
+    """Starts saving `step` (asynchronously); a failed save, this one's or the previous one's,
+    is a CheckpointError naming the steps that are safely on disk.
+
+    On a single-process run with a local workdir the free space is checked first: a disk
+    that cannot take the checkpoint stops the run here, with one line, instead of after a
+    failed write (hundreds of lines of tensorstore errors).
+    """
     args = {"state": ocp.args.StandardSave(train_state)}
     if data_iterator is not None:
       args["data"] = grain.PyGrainCheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    with self._save_errors(self._saving):
+      self.manager.wait_until_finished()  # The previous save's space is then taken.
+    with self._save_errors(step):
+      self._check_free_space(step, train_state)
+      saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    self._saving = step
+    return saved
+
+  def _check_free_space(self, step: int, train_state: Any) -> None:
+    if jax.process_count() > 1 or "://" in str(self.directory):
+      return  # Shared or remote storage: its own errors are reported by `_save_errors`.
+    needed = sum(x.nbytes for x in jax.tree.leaves(train_state) if hasattr(x, "nbytes"))
+    needed = int(needed * 1.05) + (1 << 20)  # Metadata, the iterator state, OCDBT's index.
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise CheckpointError(
+          f"Not enough free space to save checkpoint step {step} in {self.directory}: it needs "
+          f"about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. "
+          f"{self._saved_steps_text()} Free some space and run the same command again.")
+
+  def _saved_steps_text(self) -> str:
+    steps = _step_dirs(self.directory)
+    if not steps:
+      return "No checkpoint of this run is saved yet."
+    return (f"Saved steps: {steps}; the run resumes from step {steps[-1]} when started again "
+            "with the same command.")
+
+  @contextlib.contextmanager
+  def _save_errors(self, step: int | None) -> Iterator[None]:
+    """Orbax's save failures (a full disk, lost permissions, a storage error) as one
+    CheckpointError; `--debug` shows the original."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as error:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"Saving checkpoint step {step} in {self.directory} failed ({_reason(error)}). "
+          f"{self._saved_steps_text()}") from error
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
     """Restores into `abstract_state`'s shapes/shardings; advances `data_iterator` in place."""
@@ -182,11 +229,14 @@ class Checkpointer:
     return restore_checkpoint(self.directory.parent, step)[1]["params"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._save_errors(self._saving):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def checkpoint_steps(workdir: str | pathlib.Path | epath.Path) -> list[int]:

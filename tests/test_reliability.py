@@ -202,6 +202,50 @@ def test_a_run_with_a_corrupt_latest_step_resumes_finishes_and_logs_each_step_on
   assert json.loads((workdir / "config.json").read_text())["total_steps"] == 6
 
 
+def _small_state(value: float = 1.0):
+  return {"step": np.int32(0), "params": {"w": jax.numpy.full((64, 64), value)}}
+
+
+def test_a_disk_too_full_for_the_next_checkpoint_stops_with_the_saved_steps(tmp_path,
+                                                                            monkeypatch):
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path))
+  checkpointer.save(1, _small_state(), None)
+  checkpointer.wait()
+  # The disk now holds 100 kB: less than the state's 16 kB plus a MiB of margin.
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(ckpt_lib.shutil, "disk_usage",
+                      lambda path: usage._replace(free=100_000))
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"Not enough free space to save checkpoint step 2 .* needs about "
+                           r"1\.0 MiB, 0\.1 MiB are free\. Saved steps: \[1\]; the run resumes "
+                           r"from step 1"):
+    checkpointer.save(2, _small_state(2.0), None)
+  checkpointer.close()
+  assert ckpt_lib.checkpoint_steps(tmp_path) == [1]
+
+
+def test_a_failed_asynchronous_save_is_one_error_naming_the_step_and_the_saved_ones(
+    tmp_path, monkeypatch):
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path))
+  checkpointer.save(1, _small_state(), None)
+  checkpointer.wait()
+  checkpointer.save(2, _small_state(2.0), None)
+
+  def storage_failure():
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database\n'
+                     + "details\n" * 200)
+
+  monkeypatch.setattr(checkpointer.manager, "wait_until_finished", storage_failure)
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"Saving checkpoint step 2 in .* failed \(ValueError: "
+                           r"RESOURCE_EXHAUSTED: Error writing .*\)\. Saved steps: \[1"):
+    checkpointer.save(3, _small_state(3.0), None)  # Finds the previous save's failure.
+  with pytest.raises(ckpt_lib.CheckpointError, match="Saving checkpoint step 2"):
+    checkpointer.wait()
+  monkeypatch.undo()
+  checkpointer.close()
+
+
 # ------------------------------------------------------------------ 5: config changes
 
 
