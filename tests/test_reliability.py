@@ -211,13 +211,13 @@ def test_a_disk_too_full_for_the_next_checkpoint_stops_with_the_saved_steps(tmp_
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path))
   checkpointer.save(1, _small_state(), None)
   checkpointer.wait()
-  # The disk now holds 100 kB: less than the state's 16 kB plus a MiB of margin.
+  # The disk now holds 100 kB: less than the state's 16 kB plus 256 kB of margin.
   usage = shutil.disk_usage(tmp_path)
   monkeypatch.setattr(ckpt_lib.shutil, "disk_usage",
                       lambda path: usage._replace(free=100_000))
   with pytest.raises(ckpt_lib.CheckpointError,
                      match=r"Not enough free space to save checkpoint step 2 .* needs about "
-                           r"1\.0 MiB, 0\.1 MiB are free\. Saved steps: \[1\]; the run resumes "
+                           r"0\.3 MiB, 0\.1 MiB are free\. Saved steps: \[1\]; the run resumes "
                            r"from step 1"):
     checkpointer.save(2, _small_state(2.0), None)
   checkpointer.close()
