@@ -42,10 +42,16 @@ def debug_enabled() -> bool:
 
 @contextlib.contextmanager
 def clean_exit(prog: str) -> Iterator[None]:
-  """Turns a `UserError` raised inside into `prog: message` on stderr and exit status 1."""
+  """Turns a `UserError` raised inside into `prog: message` on stderr and exit status 1, and a
+  Ctrl-C into `prog: interrupted.` and status 130 (no traceback either way)."""
   try:
     yield
   except UserError as error:
     if debug_enabled():
       raise
     sys.exit(f"{prog}: {error}")
+  except KeyboardInterrupt:
+    if debug_enabled():
+      raise
+    print(f"{prog}: interrupted.", file=sys.stderr)
+    sys.exit(130)  # The shell's status for a process stopped by SIGINT.

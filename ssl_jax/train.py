@@ -13,7 +13,7 @@ evaluators / orbax checkpoints, and an optional profiler window (`profile_steps`
 
 A run resumes from the latest checkpoint in its workdir, data iterator included, so an
 interrupted run sees exactly the batches an uninterrupted one would. SIGTERM (TPU preemption)
-saves and exits cleanly; a non-finite loss, gradient norm or state stops the run before
+and a first Ctrl-C save and exit cleanly; a non-finite loss, gradient norm or state stops the run before
 anything bad is saved. Bad input (config, data, workdir) is a one- or two-line error without a
 traceback (`--debug` shows it; `ssl_jax.errors`); docs/reliability.md lists what is guaranteed.
 """
@@ -57,22 +57,42 @@ class NonFiniteLossError(ckpt_lib.NonFiniteError):
 
 
 class _Preemption:
-  """Remembers a SIGTERM so the loop can save at a step boundary and exit cleanly."""
+  """Remembers a SIGTERM (preemption) or a first Ctrl-C (SIGINT) so the loop saves a checkpoint
+  at the end of the step and exits cleanly; a second Ctrl-C stops at once, without saving.
+
+  SIGINT is taken over only where Python's own handler has it: a process started with SIGINT
+  ignored (a shell's background job) keeps ignoring it.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = ""
+    self._previous: dict[int, Any] = {}
 
   def install(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+      signals.append(signal.SIGINT)
+    for signum in signals:
+      self._previous[signum] = signal.signal(signum, self._handle)
 
   def uninstall(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the end of this step.")
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      self.uninstall()
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      logging.warning("Ctrl-C: saving a checkpoint at the end of this step, then exiting. "
+                      "Press Ctrl-C again to stop at once, without saving.")
+    else:
+      logging.warning("%s received: saving a checkpoint at the end of this step.",
+                      self.signal_name)
     self.requested = True
 
   def any_process_requested(self) -> bool:
@@ -248,7 +268,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if save_now or stop_now:
         checkpointer.save(step, train_state, data_iter, force=True)
       if stop_now and not is_last:
-        logging.warning("Preempted: checkpoint saved at step %d; exiting.", step)
+        if preemption.signal_name == "SIGINT":
+          logging.warning("Stopped (Ctrl-C): checkpoint saved at step %d; the same command "
+                          "resumes from it.", step)
+        else:  # launch/supervise.sh restarts a run that prints this line.
+          logging.warning("Preempted: checkpoint saved at step %d; exiting.", step)
         checkpointer.wait()
         final_metrics["preempted_at"] = step
         return final_metrics

@@ -615,3 +615,29 @@ def test_bad_values_found_at_start_up_are_user_errors_before_any_step(tmp_path, 
     train.train_and_evaluate(config, str(tmp_path / "w"))
   checkpoints = tmp_path / "w" / "checkpoints"
   assert not checkpoints.exists() or not any(checkpoints.iterdir())
+
+
+def test_a_first_ctrl_c_asks_for_a_save_and_a_second_one_stops_at_once():
+  preemption = train._Preemption()
+  before = signal.getsignal(signal.SIGINT)
+  assert before is signal.default_int_handler  # pytest leaves Python's own handler.
+  preemption.install()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread.
+    assert preemption.requested and preemption.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before  # The second one restored the handlers.
+  finally:
+    preemption.uninstall()
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_ctrl_c_outside_the_loop_is_one_line_and_status_130(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    with errors.clean_exit("train"):
+      raise KeyboardInterrupt
+  assert exit_info.value.code == 130
+  assert capsys.readouterr().err == "train: interrupted.\n"
