@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging as std_logging
+import os
 import pathlib
 import signal
 import sys
@@ -365,7 +366,26 @@ def run():
         raise
       sys.exit(f"Config error: {e}")
   _define_flags()
-  app.run(functools.partial(main, overrides=overrides), argv=rest)
+  try:
+    app.run(functools.partial(main, overrides=overrides), argv=rest)
+  except SystemExit as exit_:
+    if exit_.code not in (0, None) and trainer.compile_in_flight():
+      _exit_now(exit_.code)
+    raise
+
+
+def _exit_now(code: int | str) -> None:
+  """Exits with `code` (a message is printed, status 1, as `sys.exit` would) without joining
+  the threads left: a step compile still running would otherwise hold the exit for as long as
+  XLA takes (up to minutes on an accelerator) after the error or Ctrl-C was reported. Runs
+  after the loop's own clean-up (checkpoints waited for, lock released, writers closed)."""
+  if isinstance(code, str):
+    print(code, file=sys.stderr)
+    code = 1
+  std_logging.shutdown()  # Flushes absl's handlers.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 if __name__ == "__main__":

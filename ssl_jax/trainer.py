@@ -134,12 +134,25 @@ class TrainSetup:
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_step")
     future = executor.submit(compile_step)
     executor.shutdown(wait=False)
+    _COMPILES_IN_FLIGHT.add(future)
+    future.add_done_callback(_COMPILES_IN_FLIGHT.discard)
     return future
 
   def init_state(self) -> Any:
     """A fresh train state, initialised directly in its shardings."""
     return jax.jit(self._init_fn, out_shardings=self.shardings)(self.init_rng,
                                                                 self.sample_batch())
+
+
+# Background compiles not finished yet: XLA cannot cancel one, and Python's exit joins its
+# thread, so a command line that fails or is interrupted meanwhile exits without waiting
+# (`compile_in_flight`, used by `ssl_jax.train.run`).
+_COMPILES_IN_FLIGHT: set[concurrent.futures.Future] = set()
+
+
+def compile_in_flight() -> bool:
+  """Whether a `compile_step_in_background` compile is still running."""
+  return any(not future.done() for future in _COMPILES_IN_FLIGHT)
 
 
 @contextlib.contextmanager

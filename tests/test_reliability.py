@@ -4,6 +4,7 @@ Runs are the MAE smoke preset cut to a few steps without evaluation; one finishe
 (checkpoints at steps 2 and 4) is shared, and each test damages its own copy of it.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -641,3 +642,46 @@ def test_a_ctrl_c_outside_the_loop_is_one_line_and_status_130(capsys):
       raise KeyboardInterrupt
   assert exit_info.value.code == 130
   assert capsys.readouterr().err == "train: interrupted.\n"
+
+
+def test_a_failed_command_line_does_not_wait_for_a_compile_still_running(monkeypatch, capsys):
+  """XLA cannot cancel a compile and Python's exit joins its thread: `train.run` exits at once
+  after the loop's own clean-up when one is still running (it held Ctrl-C 8 s on this CPU for a
+  ViT-B step; minutes on a GPU), and exits as usual otherwise."""
+  from ssl_jax import trainer
+  exits = []
+  monkeypatch.setattr(train.os, "_exit", exits.append)
+  monkeypatch.setattr(train.std_logging, "shutdown", lambda: None)  # pytest's handlers stay.
+  monkeypatch.setattr(sys, "argv", ["train", "--config", f"{REPO}/configs/mae.py:smoke",
+                                    "--workdir", "/tmp/unused"])
+  monkeypatch.setattr(train, "_define_flags", lambda: None)
+
+  def failing_run(main, argv):
+    raise SystemExit("train: something the user must fix.")
+
+  monkeypatch.setattr(train.app, "run", failing_run)
+  monkeypatch.setattr(trainer, "compile_in_flight", lambda: True)
+  with pytest.raises(SystemExit):  # (os._exit is recorded instead of ending pytest.)
+    train.run()
+  assert exits == [1]
+  assert "train: something the user must fix." in capsys.readouterr().err
+  monkeypatch.setattr(trainer, "compile_in_flight", lambda: False)
+  with pytest.raises(SystemExit, match="something the user must fix"):
+    train.run()
+  assert exits == [1]
+
+
+def test_compile_in_flight_follows_the_background_compile(monkeypatch):
+  from ssl_jax import trainer
+  import threading
+  release = threading.Event()
+  config = smoke_config()
+  setup = trainer.build(config, total_steps=2, steps_per_epoch=1)
+  monkeypatch.setattr(trainer.TrainSetup, "step_arg_shapes", lambda self: ())
+  slow_step = type("SlowStep", (), {
+      "lower": lambda self: type("Lowered", (), {"compile": lambda _: release.wait(10)})()})()
+  future = dataclasses.replace(setup, step=slow_step).compile_step_in_background()
+  assert trainer.compile_in_flight()
+  release.set()
+  future.result(timeout=10)
+  assert not trainer.compile_in_flight()
