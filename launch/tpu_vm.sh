@@ -31,7 +31,8 @@ done
 set -- "${args[@]+"${args[@]}"}"
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  # The comment block at the top of this file, whatever its length.
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
   exit "${1:-0}"
 }
 
@@ -39,6 +40,8 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
   -h|--help|help|"") usage 0 ;;
+  create|status|setup|run|logs|ssh|stop|delete) ;;
+  *) echo "Unknown command: $cmd" >&2; usage 2 ;;
 esac
 
 TPU_NAME="${TPU_NAME:?set TPU_NAME (the TPU VM name), e.g. export TPU_NAME=ssl-jax}"
