@@ -136,6 +136,8 @@ class Checkpointer:
     for step in reversed(_step_dirs(self.directory)):
       try:
         state = self.restore(step, abstract_state, data_iterator)
+      except errors.UserError:
+        raise  # Not damage: the step is fine but this run cannot use it (e.g. other data).
       except Exception as error:  # pylint: disable=broad-except
         # A damaged step fails in many ways (KeyError, ValueError, FileNotFoundError, a
         # tensorstore error, "Event loop is closed"); all of them mean: try the older step.

@@ -224,8 +224,18 @@ def test_states_move_between_the_batch_and_the_per_record_loader():
   assert _labels(resumed, 4) == _labels(slow, 4)
   other = iter(pipeline.make_train_loader(source, global_batch_size=4, seed=7, process_index=0,
                                           process_count=1))
-  with pytest.raises(ValueError, match="data_source"):
+  with pytest.raises(pipeline.DataChangedError, match="data_source"):
     other.set_state(fast.get_state())
+  # Records added to or removed from the files: named as such (a user error, one line, and the
+  # checkpoint is not taken for a damaged one).
+  fewer = iter(pipeline.make_train_loader(_random_source(NUM_RECORDS - 5), global_batch_size=4,
+                                          seed=7, process_index=0, process_count=1))
+  with pytest.raises(pipeline.DataChangedError,
+                     match=f"written reading {NUM_RECORDS} training records, the data source "
+                           f"now holds {NUM_RECORDS - 5}. The checkpoints are intact"):
+    fewer.set_state(iter(pipeline.make_train_loader(
+        _random_source(), global_batch_size=4, seed=7, process_index=0,
+        process_count=1)).get_state())
 
 
 def test_subset_and_unlabeled_sources_read_in_batches():

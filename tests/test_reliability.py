@@ -685,3 +685,21 @@ def test_compile_in_flight_follows_the_background_compile(monkeypatch):
   release.set()
   future.result(timeout=10)
   assert not trainer.compile_in_flight()
+
+
+def test_a_checkpoint_this_run_cannot_use_is_not_taken_for_a_damaged_one(tmp_path, monkeypatch):
+  """Other training data (records added or removed) fails every step's restore the same way:
+  that is the user's error to hear, not damage to move aside or advise deleting."""
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+  for step in (1, 2):
+    checkpointer.save(step, _small_state(), None)
+
+  def other_data(step, abstract_state, data_iterator=None):
+    raise pipeline.DataChangedError("The training data changed since ...")
+
+  monkeypatch.setattr(checkpointer, "restore", other_data)
+  with pytest.raises(pipeline.DataChangedError, match="The training data changed"):
+    checkpointer.restore_latest(_small_state())
+  checkpointer.close()
+  assert ckpt_lib.checkpoint_steps(tmp_path) == [1, 2]
+  assert not (tmp_path / ckpt_lib.CORRUPT_DIR).exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 from typing import Iterator
 
 import grain.python as grain
@@ -190,13 +191,28 @@ class BatchReadIterator:
     for key, expected in (("worker_count", 0), ("sampler", repr(self._sampler)),
                           ("data_source", repr(self._source))):
       if state[key] != expected:
-        raise ValueError(f"The checkpoint's data iterator has {key} {state[key]!r}; this run's "
-                         f"is {expected!r}. Resume with the same data config and worker count.")
+        raise DataChangedError(_data_change_message(key, state[key], expected))
     last_seen = state["last_seen_indices"]["0"]
     self._next_index = (last_seen + self._shard_count - self._shard_index) // self._shard_count
 
   def start_prefetch(self) -> None:
     """Part of grain's iterator protocol (called after a restore); reads are on demand here."""
+
+
+class DataChangedError(sources.DataError):
+  """A checkpoint's data iterator was written over other data than this run reads."""
+
+
+def _data_change_message(key: str, saved: object, now: object) -> str:
+  counts = [re.search(r"num_records=(\d+)", str(text)) for text in (saved, now)]
+  if key == "sampler" and all(counts) and counts[0].group(1) != counts[1].group(1):
+    change = (f"the checkpoints were written reading {counts[0].group(1)} training records, "
+              f"the data source now holds {counts[1].group(1)}")
+  else:
+    change = f"the checkpoint's data iterator has {key} {saved!r}, this run's is {now!r}"
+  return (f"The training data changed since this run's checkpoints were written: {change}. "
+          "The checkpoints are intact; resume with the data they were written with (the same "
+          "files, config and data.worker_count), or train on the new data in another --workdir.")
 
 
 def eval_batch_count(num_records: int, global_batch_size: int, process_count: int) -> int:
