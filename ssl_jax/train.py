@@ -13,9 +13,10 @@ evaluators / orbax checkpoints, and an optional profiler window (`profile_steps`
 
 A run resumes from the latest checkpoint in its workdir, data iterator included, so an
 interrupted run sees exactly the batches an uninterrupted one would. SIGTERM (TPU preemption)
-and a first Ctrl-C save and exit cleanly; a non-finite loss, gradient norm or state stops the run before
-anything bad is saved. Bad input (config, data, workdir) is a one- or two-line error without a
-traceback (`--debug` shows it; `ssl_jax.errors`); docs/reliability.md lists what is guaranteed.
+and a first Ctrl-C save and exit cleanly; a non-finite loss, gradient norm or state stops the
+run before anything bad is saved. Bad input (config, data, workdir) is a one- or two-line error
+without a traceback (`--debug` shows it; `ssl_jax.errors`); docs/reliability.md lists what is
+guaranteed.
 """
 
 from __future__ import annotations
