@@ -38,8 +38,12 @@ FORMATS = ckpt_lib.PARAMS_FORMATS + ("timm",)
 
 
 def _define_flags() -> None:
-  """Defined only when run as a program, so importing this module defines no global flags."""
-  flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+  """Defined only when run as a program, so importing this module defines no global flags.
+  Idempotent: a process (a test session) may run the program more than once."""
+  if "subtree" in flags.FLAGS:
+    return
+  if "workdir" not in flags.FLAGS:  # train's, where both programs ran in one process.
+    flags.DEFINE_string("workdir", None, "Workdir of a training run.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export).")
   flags.DEFINE_list("format", list(ckpt_lib.PARAMS_FORMATS),

@@ -48,8 +48,12 @@ from ssl_jax.evaluators import runner
 
 
 def _define_flags() -> None:
-  """Defined only when run as a program, so importing this module defines no global flags."""
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
+  """Defined only when run as a program, so importing this module defines no global flags.
+  Idempotent: a process (a test session) may run the program more than once."""
+  if "config" in flags.FLAGS:
+    return
+  if "workdir" not in flags.FLAGS:  # export's, where both programs ran in one process.
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
   flags.DEFINE_string("config", None, "configs/<method>.py[:preset[,preset...]]")
   distributed.define_flags()
 
