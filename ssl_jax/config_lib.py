@@ -272,10 +272,10 @@ def _check_method_keys(config: ml_collections.ConfigDict,
                       f"{config.method.name!r}'s defaults).{hint}")
 
 
-# Layer widths and output counts of the methods' heads: 0 makes a layer with no units, which fails
-# deep inside initialisation (a division by a zero fan) rather than as a config error. Only keys
-# whose default is positive: 0 is a documented setting where the default is 0 (e.g. rotation's
-# head_hidden_dim: a linear head).
+# Layer widths, head and layer counts of the methods' networks: 0 makes a layer with no units,
+# which fails deep inside initialisation (a division by a zero fan) rather than as a config
+# error, and a negative one fails in a reshape. >= 1 where the default is positive; >= 0 where
+# the default is 0, a documented setting (e.g. rotation's head_hidden_dim: a linear head).
 # (RandAugment's layer count is not one: 0 turns RandAugment off in every method.)
 _METHOD_SIZE_KEY = re.compile(r"(_dim|_heads|_depth|(?<!randaugment)_layers|^hidden_mlp|"
                               r"^nmb_prototypes|^num_permutations|^num_slices|^num_knots|"
