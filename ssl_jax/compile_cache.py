@@ -21,6 +21,7 @@ import jax
 from absl import logging
 
 from ssl_jax import errors
+from ssl_jax import workdir as workdir_lib
 
 
 def resolve(cache_dir: str, workdir: str) -> str | None:
@@ -59,15 +60,7 @@ def enable(cache_dir: str, workdir: str) -> str | None:
 
 
 def _check_writable(path: str) -> None:
-  """Creates `path` (any epath backend: local, `gs://`) and, when local, checks it is writable."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  try:
-    epath.Path(path).mkdir(parents=True, exist_ok=True)
-    writable = "://" in path or os.access(path, os.W_OK | os.X_OK)
-  except OSError as error:  # No permission, a read-only mount, a file in the way.
-    problem = str(error)
-  else:
-    problem = None if writable else "no write permission"
+  problem = workdir_lib.directory_write_problem(path)
   if problem:
     raise errors.WorkdirError(
         f"compilation_cache_dir {path} cannot be created or written ({problem}); pass a "

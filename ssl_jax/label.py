@@ -35,6 +35,7 @@ from absl import app, flags, logging
 from etils import epath
 
 from ssl_jax import errors, parallel, runs
+from ssl_jax import workdir as workdir_lib
 from ssl_jax.data import pipeline, pseudo_labels, sources
 from ssl_jax.methods import build_method
 
@@ -160,17 +161,10 @@ def _check_writable(out: str) -> None:
   """Refuses an `--out` the labels could not be written to, before the teacher labels anything
   (the write comes last: a bad path would lose the whole pass)."""
   path = epath.Path(out)
-  problem = None
   if path.is_dir():
     problem = "it is a directory; name a file in it, e.g. labels.npz"
   else:
-    probe = path.parent / f".{path.name}.write_test"
-    try:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      probe.write_bytes(b"")
-      probe.unlink()
-    except OSError as error:  # A file in the way, a read-only mount, no permission.
-      problem = str(error)
+    problem = workdir_lib.directory_write_problem(str(path.parent))
   if problem:
     raise LabelError(f"--out {out} cannot be written ({problem}).")
 

@@ -71,9 +71,12 @@ class _Preemption:
   """
 
   def __init__(self):
-    self.requested = False
-    self.signal_name = ""
+    self.signal_name = ""  # Of the latest signal that asked for a stop; "" while none has.
     self._previous: dict[int, Any] = {}
+
+  @property
+  def requested(self) -> bool:
+    return bool(self.signal_name)
 
   def install(self):
     signals = [signal.SIGTERM]
@@ -99,7 +102,6 @@ class _Preemption:
     else:
       logging.warning("%s received: saving a checkpoint at the end of this step.",
                       self.signal_name)
-    self.requested = True
 
   def any_process_requested(self) -> bool:
     if jax.process_count() == 1:

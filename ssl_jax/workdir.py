@@ -218,6 +218,22 @@ def config_to_build(config: ml_collections.ConfigDict,
   return config
 
 
+def directory_write_problem(directory: str) -> str | None:
+  """Why files cannot be written in `directory` (created if missing; local or any epath
+  backend), or None: a probe file is written and removed, which also catches a read-only mount
+  that permission bits (and root) would not show."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path = epath.Path(directory)
+  probe = path / f".ssl_jax_write_test_{os.getpid()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as error:  # No permission, a read-only mount, a file in the way.
+    return str(error)
+  return None
+
+
 @contextlib.contextmanager
 def open_run(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
   """Checks the path, creates the workdir, locks it and records the config; unlocks on exit."""

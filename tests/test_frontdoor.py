@@ -240,7 +240,7 @@ def test_a_compilation_cache_dir_that_cannot_be_written_is_refused_before_any_wo
   read_only.mkdir(mode=0o500)
   if os.access(read_only, os.W_OK):  # root ignores permission bits.
     pytest.skip("this user can write into a read-only folder")
-  with pytest.raises(errors.WorkdirError, match="no write permission"):
+  with pytest.raises(errors.WorkdirError, match="read_only cannot be created or written"):
     compile_cache.enable(str(read_only), str(tmp_path))
   assert not jax.config.jax_compilation_cache_dir
 
@@ -249,3 +249,4 @@ def test_a_relative_compilation_cache_dir_is_created_in_the_workdir(tmp_path):
   from ssl_jax import compile_cache
   compile_cache._check_writable(str(tmp_path / "w" / "xla_cache"))
   assert (tmp_path / "w" / "xla_cache").is_dir()
+  assert not any((tmp_path / "w" / "xla_cache").iterdir())  # The probe file is gone.
