@@ -312,6 +312,15 @@ _METHOD_LEAF_RANGES = {
 }
 
 
+def check_method_values(config: ml_collections.ConfigDict) -> None:
+  """The `method.*` widths, counts and paper quantities of `_check_method_sizes`, for a config
+  that may not have been through `validate` (`methods.build_method` calls it: one home for
+  these checks on every path that builds a method)."""
+  method_reference = _method_reference(config)
+  if method_reference is not None:
+    _check_method_sizes(config, method_reference)
+
+
 def _check_method_sizes(config: ml_collections.ConfigDict,
                         reference: ml_collections.ConfigDict) -> None:
   """`method.*` widths and counts (`_METHOD_SIZE_KEY`) must be ints >= 1 where their default in

@@ -22,7 +22,7 @@ from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, optim, runs, train, trainer
 from ssl_jax.data import augment, sources
 from ssl_jax.losses import contrastive, distillation
-from ssl_jax.methods import build_method, ema, views
+from ssl_jax.methods import build_method, ema, method_class, views
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("simclr", "moco_v2", "moco_v3", "byol", "simsiam")
@@ -446,7 +446,11 @@ def test_config_errors_are_clear():
     build_method(config).init(RNG, random_batch())
   config = tiny_config("simclr")
   config.method.temperature = 0.0
-  method = build_method(config)
+  # Building the method refuses it (config_lib.check_method_values) ...
+  with pytest.raises(config_lib.ConfigError, match=r"method.temperature must be > 0"):
+    build_method(config)
+  # ... and the loss, a pure function, refuses it on its own where a method skipped the build.
+  method = method_class("simclr").from_config(config, total_steps=1, steps_per_epoch=1)
   params, state = initial_variables("simclr")
   with pytest.raises(ValueError, match="temperature must be > 0"):
     method.loss(params, state, random_batch(), RNG, 0)

@@ -9,6 +9,7 @@ import importlib
 
 import ml_collections
 
+from ssl_jax import config_lib
 from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import base
 
@@ -95,5 +96,6 @@ def method_class(name: str) -> type[base.Method]:
 
 def build_method(config: ml_collections.ConfigDict, *, total_steps: int = 1,
                  steps_per_epoch: int = 1) -> base.Method:
+  config_lib.check_method_values(config)  # Also where the config skipped `validate`.
   return method_class(config.method.name).from_config(
       config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)

@@ -110,8 +110,6 @@ class Distill(ssl.SemiSupervisedClassifier):
     if not m.teacher_workdir:
       raise ConfigError("method.teacher_workdir is empty: set it to the workdir of a trained "
                         "run with a classifier, e.g. --config.method.teacher_workdir=/tmp/sup.")
-    if not m.temperature > 0:
-      raise ConfigError(f"method.temperature must be > 0, got {m.temperature}.")
     if not 0.0 <= m.alpha <= 1.0:
       raise ConfigError(f"method.alpha must be in [0, 1], got {m.alpha}.")
     declared = set(self.config.data.streams.keys())

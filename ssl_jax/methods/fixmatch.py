@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax.config_lib import ConfigError
 from ssl_jax.methods import semi_supervised as ssl
 
 
@@ -48,14 +47,6 @@ def default_method_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class FixMatch(ssl.SemiSupervisedClassifier):
   """Weak-view pseudo-labels above a confidence threshold, as targets for strong views."""
-
-  def __post_init__(self):
-    super().__post_init__()
-    m = self.config.method
-    if not 0.0 <= m.threshold <= 1.0:
-      raise ConfigError(f"method.threshold must be in [0, 1], got {m.threshold}.")
-    if not 0.0 <= m.cutout_fraction <= 1.0:
-      raise ConfigError(f"method.cutout_fraction must be in [0, 1], got {m.cutout_fraction}.")
 
   def weak_and_strong(self, rng, images):
     """(weak, strong) normalised views of the same uint8 images, row i of both from image i."""

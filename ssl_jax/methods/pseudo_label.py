@@ -41,8 +41,6 @@ class PseudoLabel(ssl.SemiSupervisedClassifier):
   def __post_init__(self):
     super().__post_init__()
     m = self.config.method
-    if not 0.0 <= m.threshold <= 1.0:
-      raise ConfigError(f"method.threshold must be in [0, 1], got {m.threshold}.")
     if m.rampup_end_epochs < m.rampup_start_epochs:
       raise ConfigError(f"method.rampup_end_epochs ({m.rampup_end_epochs}) must be >= "
                         f"method.rampup_start_epochs ({m.rampup_start_epochs}).")
