@@ -31,10 +31,15 @@ from etils import epath
 
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import errors, methods, runs, subtrees
+from ssl_jax import workdir as workdir_lib
 from ssl_jax.interop import timm as timm_interop
 from ssl_jax.models import registry
 
 FORMATS = ckpt_lib.PARAMS_FORMATS + ("timm",)
+
+
+class ExportError(errors.UserError):
+  """An export that cannot be written where it was asked to go."""
 
 
 def _define_flags() -> None:
@@ -132,6 +137,10 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
   if out is None:
     # epath keeps gs:// intact (pathlib would fold it to gs:/).
     out = str(epath.Path(workdir) / "export" / ("" if step is None else f"step_{step}"))
+  problem = workdir_lib.directory_write_problem(out)
+  if problem:  # Said plainly here, not as an errno line from inside the orbax or npz writer.
+    raise ExportError(f"--out {out} cannot be written ({problem}); name a directory this "
+                      "process can create and write, e.g. --out /tmp/export.")
   params_formats = tuple(f for f in formats if f in ckpt_lib.PARAMS_FORMATS)
   paths = ckpt_lib.export_params(run.params, out, params_formats) if params_formats else {}
   if "timm" in formats:

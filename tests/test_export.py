@@ -32,6 +32,17 @@ def test_export_without_checkpoints_is_a_clear_error(tmp_path):
     export.export_checkpoint(str(tmp_path / "empty"))
 
 
+def test_an_out_that_cannot_be_written_is_a_clear_error(tmp_path):
+  """A file where the export directory should go is refused by name, not as an errno line."""
+  state = {"step": np.int32(1), "params": {"w": np.ones(2)}, "opt_state": {}, "method_state": {}}
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "run"), async_save=False)
+  checkpointer.save(1, state, None, force=True)
+  checkpointer.close()
+  (tmp_path / "taken").write_text("")
+  with pytest.raises(export.ExportError, match=r"--out .*taken cannot be written \(.*\); name"):
+    export.export_checkpoint(str(tmp_path / "run"), out=str(tmp_path / "taken"))
+
+
 def test_a_subtree_without_the_timm_format_is_a_usage_error(tmp_path, monkeypatch, capsys):
   """--subtree picks the timm backbone; the params formats write every param, so asking for a
   subtree with them alone would be silently ignored."""
