@@ -15,7 +15,7 @@ import pytest
 
 from ssl_jax import checkpoint as ckpt_lib
 from ssl_jax import config_lib, methods, runs, train, trainer
-from ssl_jax.data import sources, streams, subsets
+from ssl_jax.data import pipeline, sources, streams, subsets
 from ssl_jax.methods import base
 from tests.fixtures import host_iterators
 
@@ -277,8 +277,17 @@ def test_every_stream_resumes_exactly_through_the_checkpointer(tmp_path):
   support = expected[0]["support"][0]
   assert sorted(np.bincount(support)[np.bincount(support) > 0].tolist()) == [2] * 5
 
+  # Other streams, or another support set, are a data change (which restore reports as such),
+  # not a damaged checkpoint (which it would offer to delete).
   other = streams.make_train_data(toy_config(), process_index=0, process_count=1)
-  with pytest.raises(ValueError, match="declares \\['labeled', 'unlabeled'\\]"):
+  with pytest.raises(pipeline.DataChangedError,
+                     match="has streams \\['labeled', 'support', 'unlabeled'\\], this run's is "
+                           "\\['labeled', 'unlabeled'\\]"):
+    other.iterator.set_state(data.iterator.get_state())
+  config.unlock()
+  config.data.streams.support.per_class = 1
+  other = streams.make_train_data(config, process_index=0, process_count=1)
+  with pytest.raises(pipeline.DataChangedError, match="support stream .*per_class=2.*per_class=1"):
     other.iterator.set_state(data.iterator.get_state())
 
 

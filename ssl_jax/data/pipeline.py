@@ -191,7 +191,7 @@ class BatchReadIterator:
     for key, expected in (("worker_count", 0), ("sampler", repr(self._sampler)),
                           ("data_source", repr(self._source))):
       if state[key] != expected:
-        raise DataChangedError(_data_change_message(key, state[key], expected))
+        raise DataChangedError(data_change_message(key, state[key], expected))
     last_seen = state["last_seen_indices"]["0"]
     self._next_index = (last_seen + self._shard_count - self._shard_index) // self._shard_count
 
@@ -203,7 +203,9 @@ class DataChangedError(sources.DataError):
   """A checkpoint's data iterator was written over other data than this run reads."""
 
 
-def _data_change_message(key: str, saved: object, now: object) -> str:
+def data_change_message(key: str, saved: object, now: object) -> str:
+  """The `DataChangedError` text: what differs between the checkpoint's iterator state `saved`
+  and this run's `now`, and that the checkpoints themselves are fine."""
   counts = [re.search(r"num_records=(\d+)", str(text)) for text in (saved, now)]
   if key == "sampler" and all(counts) and counts[0].group(1) != counts[1].group(1):
     change = (f"the checkpoints were written reading {counts[0].group(1)} training records, "

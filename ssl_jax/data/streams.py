@@ -344,8 +344,8 @@ class SupportIterator:
   def set_state(self, state: bytes) -> None:
     state = json.loads(state)
     if state["stream"] != self._fingerprint:
-      raise ValueError(f"The checkpoint's support stream was {state['stream']}; this run's is "
-                       f"{self._fingerprint}. Resume with the same data config.")
+      raise pipeline.DataChangedError(
+          pipeline.data_change_message("support stream", state["stream"], self._fingerprint))
     self._step = int(state["step"])
 
 
@@ -375,8 +375,9 @@ class MultiStreamIterator:
   def set_state(self, state: bytes) -> None:
     states = json.loads(state)
     if sorted(states) != list(self._iterators):
-      raise ValueError(f"The checkpoint holds data streams {sorted(states)}, but this config "
-                       f"declares {list(self._iterators)}; resume with the same data.streams.")
+      # A DataChangedError, not a ValueError: restore would take the latter for damage.
+      raise pipeline.DataChangedError(
+          pipeline.data_change_message("streams", sorted(states), list(self._iterators)))
     for name, iterator in self._iterators.items():
       iterator.set_state(states[name].encode())
 
