@@ -34,6 +34,28 @@ def host_array(x: Any) -> np.ndarray:
   return np.asarray(x)
 
 
+
+def checked_split(x: Any, y: Any, mask: Any, split: str,
+                  num_classes: int) -> tuple[Any, np.ndarray, np.ndarray]:
+  """Validates one split of frozen features for an evaluator (linear probe, few-shot):
+  `x` [N, D], `y` [N] labels in [0, num_classes), `mask` [N] or None (all rows in). Returns
+  (features as a jax.Array, host int32 labels, host bool mask); `split` names it in errors."""
+  if x.ndim != 2:
+    raise ValueError(f"{split}_x must be [N, D] features, got shape {x.shape}.")
+  labels = host_array(y)
+  if labels.shape != (x.shape[0],):
+    raise ValueError(f"{split}_y must have shape [{x.shape[0]}] to match {split}_x, got "
+                     f"{labels.shape}.")
+  mask = np.ones(labels.shape, bool) if mask is None else host_array(mask).astype(bool)
+  if mask.shape != labels.shape:
+    raise ValueError(f"{split}_mask must have shape {labels.shape}, got {mask.shape}.")
+  if not mask.any():
+    raise ValueError(f"{split} split has no (unmasked) records.")
+  if labels[mask].min() < 0 or labels[mask].max() >= num_classes:
+    raise ValueError(f"{split}_y has labels outside [0, {num_classes}); check num_classes.")
+  x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
+  return x, labels.astype(np.int32), mask
+
 @jax.jit
 def _take_rows(x, indices):
   return jnp.take(x, indices, axis=0)

@@ -96,26 +96,6 @@ def _correct(mean, std, weights, x, labels, mask):
   return jnp.sum((jnp.argmax(scores, axis=1) == labels) & mask)
 
 
-def _checked(x, y, mask, split: str, num_classes: int):
-  """Validates one split; returns (features, host labels, host bool mask)."""
-  if x.ndim != 2:
-    raise ValueError(f"{split}_x must be [N, D] features, got shape {x.shape}.")
-  labels = splits.host_array(y)
-  if labels.shape != (x.shape[0],):
-    raise ValueError(f"{split}_y must have shape [{x.shape[0]}] to match {split}_x, got "
-                     f"{labels.shape}.")
-  mask = (np.ones(labels.shape, bool) if mask is None
-          else splits.host_array(mask).astype(bool))
-  if mask.shape != labels.shape:
-    raise ValueError(f"{split}_mask must have shape {labels.shape}, got {mask.shape}.")
-  if not mask.any():
-    raise ValueError(f"{split} split has no (unmasked) records.")
-  if labels[mask].min() < 0 or labels[mask].max() >= num_classes:
-    raise ValueError(f"{split}_y has labels outside [0, {num_classes}); check num_classes.")
-  x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
-  return x, labels.astype(np.int32), mask
-
-
 def fewshot_eval(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_classes: int,
                  shots: tuple[int, ...] = (1, 5, 10, 25), seeds: tuple[int, ...] = (0, 1, 2),
                  l2_regs: tuple[float, ...] = (2.0**4, 2.0**7, 2.0**10, 2.0**13),
@@ -146,9 +126,10 @@ def fewshot_eval(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_cl
     raise ValueError("seeds must not be empty.")
   if not l2_regs or min(l2_regs) <= 0:
     raise ValueError(f"l2_regs must be a non-empty sequence of positive values, got {l2_regs}.")
-  train_x, train_labels, train_mask = _checked(train_x, train_y, train_mask, "train",
-                                               num_classes)
-  test_x, test_labels, test_mask = _checked(test_x, test_y, test_mask, "test", num_classes)
+  train_x, train_labels, train_mask = splits.checked_split(train_x, train_y, train_mask, "train",
+                                                           num_classes)
+  test_x, test_labels, test_mask = splits.checked_split(test_x, test_y, test_mask, "test",
+                                                        num_classes)
   if train_x.shape[1] != test_x.shape[1]:
     raise ValueError(f"train_x and test_x differ in width ({train_x.shape[1]} vs "
                      f"{test_x.shape[1]}); they must come from the same encoder.")

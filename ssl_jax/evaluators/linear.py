@@ -134,27 +134,6 @@ def _weighted_scores(params, x, labels, weights, *, num_top):
                     jnp.sum(weights * cross_entropy)])
 
 
-def _checked(x, y, mask, split: str, num_classes: int):
-  """Validates one split; returns (features, host labels, host 0/1 float weights)."""
-  if x.ndim != 2:
-    raise ValueError(f"{split}_x must be [N, D] features, got shape {x.shape}.")
-  labels = splits.host_array(y)
-  if labels.shape != (x.shape[0],):
-    raise ValueError(f"{split}_y must have shape [{x.shape[0]}] to match {split}_x, got "
-                     f"{labels.shape}.")
-  weights = (np.ones(labels.shape, np.float32) if mask is None
-             else splits.host_array(mask).astype(bool).astype(np.float32))
-  if weights.shape != labels.shape:
-    raise ValueError(f"{split}_mask must have shape {labels.shape}, got {weights.shape}.")
-  valid = weights > 0
-  if not valid.any():
-    raise ValueError(f"{split} split has no (unmasked) records.")
-  if labels[valid].min() < 0 or labels[valid].max() >= num_classes:
-    raise ValueError(f"{split}_y has labels outside [0, {num_classes}); check num_classes.")
-  x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
-  return x, labels.astype(np.int32), weights
-
-
 def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_classes: int,
                  seed: int = 0, weight_decays: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
                  holdout_fraction: float = 0.1, max_steps: int = 200, tolerance: float = 1e-5,
@@ -182,9 +161,12 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_cl
   if not weight_decays or min(weight_decays) < 0:
     raise ValueError(f"weight_decays must be a non-empty sequence of values >= 0, got "
                      f"{weight_decays}.")
-  train_x, train_labels, train_weights = _checked(train_x, train_y, train_mask, "train",
-                                                  num_classes)
-  test_x, test_labels, test_weights = _checked(test_x, test_y, test_mask, "test", num_classes)
+  train_x, train_labels, train_mask = splits.checked_split(train_x, train_y, train_mask, "train",
+                                                           num_classes)
+  test_x, test_labels, test_mask = splits.checked_split(test_x, test_y, test_mask, "test",
+                                                        num_classes)
+  # 0/1 row weights: the probe's losses and scores are weighted sums over the rows.
+  train_weights, test_weights = train_mask.astype(np.float32), test_mask.astype(np.float32)
   if train_x.shape[1] != test_x.shape[1]:
     raise ValueError(f"train_x and test_x differ in width ({train_x.shape[1]} vs "
                      f"{test_x.shape[1]}); they must come from the same encoder.")
