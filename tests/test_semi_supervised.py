@@ -151,6 +151,28 @@ def test_mean_teacher_ema_follows_the_papers_decays_against_numpy():
                state["ema"]["batch_stats"])
 
 
+def test_mean_teacher_cifar10_weight_is_the_official_cost_at_a_fixed_labelled_share():
+  """mean-teacher's cifar10_final_eval: CE summed over a batch's labelled rows / all rows, and
+  consistency cost 100 x n_labeled / 50k; our step averages CE over its labelled rows. The two
+  objectives differ by the labelled share p only (which Adam does not see) when our weight is
+  100, for 250 and for 4000 labels, and the final-eval EMA decay is 0.999 from the start."""
+  for preset, n_labeled in (("cifar10", 250), ("cifar10,labels_4000", 4000)):
+    config = config_lib.load_config(f"configs/mean_teacher.py:{preset}")
+    assert config.method.consistency_weight == 100.0
+    assert config.method.ema_decay_rampup == config.method.ema_decay == 0.999
+    # A batch of 200 whose labelled share is exactly p = n_labeled / 50k (1 and 16 rows).
+    rng = np.random.default_rng(n_labeled)
+    p = n_labeled / 50_000
+    logits, teacher = rng.normal(size=(2, 200, 10))
+    labels = rng.integers(0, 10, size=200)
+    labelled = np.arange(200) < round(p * 200)
+    ce = -np.log(np_softmax(logits)[np.arange(200), labels])
+    mse = np.mean((np_softmax(logits) - np_softmax(teacher)) ** 2)
+    official = ce[labelled].sum() / 200 + 100.0 * p * mse      # classification_costs + cost
+    ours = ce[labelled].mean() + config.method.consistency_weight * mse
+    np.testing.assert_allclose(official, p * ours, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- ramp-ups
 
 
