@@ -439,6 +439,14 @@ def test_simsiam_predictor_trains_at_the_constant_peak_learning_rate():
   assert all(not np.any(u) for u in jax.tree.leaves(updates["predictor"]))
 
 
+def test_moco_v3_vit_small_has_the_papers_12_heads():
+  """moco-v3 vits.py `vit_small`: 384 wide, 12 blocks, 12 heads (DeiT's ViT-S: 6)."""
+  from ssl_jax.models import registry
+  config = config_lib.load_config("configs/moco_v3.py:imagenet")
+  encoder = registry.build_encoder(config.model)
+  assert (encoder.hidden_size, encoder.depth, encoder.num_heads) == (384, 12, 12)
+
+
 def test_config_errors_are_clear():
   config = tiny_config("moco_v2")
   config.method.queue_size = 4
