@@ -113,6 +113,29 @@ def test_fixmatch_mask_is_exactly_the_confident_set_of_the_weak_view():
   np.testing.assert_allclose(metrics["unlabeled_loss"], np.mean(mask * ce), rtol=1e-4)
 
 
+def test_fixmatch_ema_averages_the_weights_and_reads_the_students_batchnorm_statistics():
+  """fixmatch `ema.apply(utils.model_vars())`: trainable variables only; the EMA classifier
+  reads the student's raw moving averages (not an EMA of them)."""
+  method = build_method(smoke_config("fixmatch"))
+  batch = {"labeled": {"image": np.zeros((2, 16, 16, 3), np.uint8),
+                       "label": np.zeros((2,), np.int32)},
+           "unlabeled": {"image": np.zeros((4, 16, 16, 3), np.uint8),
+                         "label": np.full((4,), -1, np.int32)}}
+  params, state = method.init(jax.random.PRNGKey(0), batch)
+  assert jax.tree.leaves(state["batch_stats"]), "the smoke backbone should have BatchNorm"
+  student = jax.tree.map(lambda x: x + 1.0, params)
+  moved = {**state, "batch_stats": jax.tree.map(lambda x: x + 3.0, state["batch_stats"])}
+  updated = method.update_state(student, moved, 10)
+  a = float(method.ema_momentum(10))  # The smoke preset's 0.9.
+  for new, old, current in zip(jax.tree.leaves(updated["ema"]["params"]),
+                               jax.tree.leaves(state["ema"]["params"]), jax.tree.leaves(student)):
+    np.testing.assert_allclose(new, a * np.asarray(old) + (1 - a) * np.asarray(current),
+                               rtol=1e-5, atol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, updated["ema"]["batch_stats"],
+               moved["batch_stats"])
+  assert method.eval_model(student, updated)[1] is updated["ema"]["batch_stats"]
+
+
 # ----------------------------------------------------------------------------- Mean Teacher
 
 

@@ -12,14 +12,18 @@ the mean over ALL mu B unlabelled images (masked ones count in the denominator),
 lambda_u = 1, mu = 7 (the 'unlabeled' stream's batch is mu times the 'labeled' one's). Labelled,
 weak and strong rows go through the student in one training-mode forward (fixmatch interleaves
 them for the same BatchNorm statistics). The evaluated model is the EMA (0.999) of the weights
-and BatchNorm statistics (fixmatch's `ema.apply(utils.model_vars())`).
+with the student's BatchNorm running statistics (fixmatch's `ema.apply(utils.model_vars())`
+averages the trainable variables only; its EMA classifier reads the raw moving averages).
 
-The strong view: `randaugment.rand_augment_batch` with 2 ops, each always applied, at a
-magnitude drawn uniformly per op (FixMatch's "RA with random magnitude"), then Cutout of a
-square of side U(0, 0.5) of the width (Table 12). Departure: the op set is timm's 15 "increasing"
-ops (with Invert and SolarizeAdd, without Identity) rather than FixMatch's 14 (Identity,
-AutoContrast, Brightness, Color, Contrast, Equalize, Posterize, Rotate, Sharpness, ShearX/Y,
-Solarize, TranslateX/Y), and translations reach 45% of the side (FixMatch: 30%).
+The strong view: `randaugment.rand_augment_batch` with 2 ops, each applied with probability
+0.5 at a magnitude drawn uniformly per op (fixmatch's `AugmentPoolRAMC`: `(op, 0.5,
+np.random.randint(1, 10))`), then Cutout of a square of side U(0, 0.5) of the width (the
+paper's Table 12; the code's `cutout_numpy` cuts a fixed 16 px, half of CIFAR's side).
+Departures: the op set is timm's 15 "increasing" ops (with Invert and SolarizeAdd, without
+Identity) rather than FixMatch's 14 (Identity, AutoContrast, Brightness, Color, Contrast,
+Equalize, Posterize, Rotate, Sharpness, ShearX/Y, Solarize, TranslateX/Y), translations reach
+45% of the side (FixMatch: 30%), and magnitudes are drawn from U(0, 10), not from the integers
+1-9.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.threshold = 0.95              # tau
   m.unlabeled_weight = 1.0        # lambda_u
   m.randaugment_layers = 2        # N ops of the strong view ...
-  m.randaugment_magnitude = 10.0  # ... at a magnitude drawn from U(0, this) per op.
+  m.randaugment_magnitude = 10.0  # ... at a magnitude drawn from U(0, this) per op ...
+  m.randaugment_prob = 0.5        # ... each op applied with this probability.
   m.cutout_fraction = 0.5         # Cutout side ~ U(0, this) * width.
   return m
 
@@ -48,6 +53,8 @@ def default_method_config() -> ml_collections.ConfigDict:
 class FixMatch(ssl.SemiSupervisedClassifier):
   """Weak-view pseudo-labels above a confidence threshold, as targets for strong views."""
 
+  ema_batch_stats = "student"
+
   def weak_and_strong(self, rng, images):
     """(weak, strong) normalised views of the same uint8 images, row i of both from image i."""
     m = self.config.method
@@ -55,7 +62,7 @@ class FixMatch(ssl.SemiSupervisedClassifier):
     strong = ssl.strong_view(strong_rngs, images, flip_prob=m.flip_prob,
                              max_shift=self.max_shift, layers=m.randaugment_layers,
                              magnitude=m.randaugment_magnitude, magnitude_std=float("inf"),
-                             prob=1.0, cutout_fraction=m.cutout_fraction, mean=m.mean,
+                             prob=m.randaugment_prob, cutout_fraction=m.cutout_fraction, mean=m.mean,
                              std=m.std)
     return self.weak(weak_rng, images), strong
 

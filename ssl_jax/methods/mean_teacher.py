@@ -52,7 +52,7 @@ def softmax_mse(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Arr
 class MeanTeacher(ssl.SemiSupervisedClassifier):
   """Student + EMA teacher with a softmax-MSE consistency between two views."""
 
-  ema_blends_batch_stats = False
+  ema_batch_stats = "own"
 
   def __post_init__(self):
     super().__post_init__()

@@ -173,9 +173,13 @@ class SemiSupervisedClassifier(base.Method):
   from `student_logits`, `labeled_loss` and `result`.
   """
 
-  # FixMatch's EMA averages the BatchNorm statistics with the weights; Mean Teacher's teacher
-  # keeps running averages of its own forward passes instead.
-  ema_blends_batch_stats = True
+  # The EMA model's BatchNorm statistics: 'blend' averages them with the weights (Noisy
+  # Student: EfficientNet's `get_ema_vars` adds the moving statistics to the trainable
+  # variables); 'student' uses the student's own running averages (FixMatch: `ema.apply(
+  # utils.model_vars())` averages the trainable variables only, and its EMA classifier reads the
+  # raw moving statistics); 'own' keeps running averages of the EMA model's own forward passes
+  # (Mean Teacher's teacher, run in training mode).
+  ema_batch_stats = "blend"
   # The data streams `loss` reads (distillation reads whichever are declared and checks them).
   required_streams = (LABELED, UNLABELED)
   # Dropout on the classifier's input in training (Noisy Student's noise).
@@ -291,8 +295,10 @@ class SemiSupervisedClassifier(base.Method):
       return state
     momentum = self.ema_momentum(step)
     ema = state["ema"]
-    ema_stats = (schedules.ema_update(ema["batch_stats"], state["batch_stats"], momentum)
-                 if self.ema_blends_batch_stats else ema["batch_stats"])
+    ema_stats = {"blend": lambda: schedules.ema_update(ema["batch_stats"], state["batch_stats"],
+                                                       momentum),
+                 "student": lambda: state["batch_stats"],
+                 "own": lambda: ema["batch_stats"]}[self.ema_batch_stats]()
     return {**state, "ema": {"params": schedules.ema_update(ema["params"], params, momentum),
                              "batch_stats": ema_stats}}
 
