@@ -48,10 +48,11 @@ def default_method_config() -> ml_collections.ConfigDict:
   m.proj_hidden_dim = 2048
   m.proj_dim = 128
   # Multi-crop: `num_global_views` crops of `global_view`, `num_local_views` of `local_view`;
-  # each a DINO crop recipe, the pipeline the paper builds on (its scales unverified).
+  # rbalestr-lab/lejepa's README: one DINO-style colour recipe for both (blur p=0.5, solarize
+  # p=0.2), scales 0.3-1 and 0.05-0.3; local crops of 96 px (theirs: 98, for patch 14).
   m.global_view = views.dino_view(224, (0.3, 1.0), blur_prob=0.5, solarize_prob=0.2)
   m.num_global_views = 2
-  m.local_view = views.dino_view(96, (0.05, 0.3), blur_prob=0.5)
+  m.local_view = views.dino_view(96, (0.05, 0.3), blur_prob=0.5, solarize_prob=0.2)
   m.num_local_views = 6
   return m
 
