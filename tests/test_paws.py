@@ -181,6 +181,36 @@ def test_one_and_eight_devices_give_the_same_loss():
   assert np.isfinite(results[0][0])
 
 
+def test_heads_normalise_each_resolution_group_with_its_own_statistics():
+  """suncet resnet.py runs backbone, `fc` and `pred` once per resolution group: in training,
+  the global group's h and z do not depend on the local views; `pred` opens with a BatchNorm
+  (suncet `pred_head['bn1']`), so z is unchanged when each feature of h is scaled by its own
+  factor (which a Linear -> BN stack alone would not undo)."""
+  method = build_method(tiny_config())
+  network = method.network
+  rng = np.random.default_rng(3)
+  global_views = jnp.asarray(rng.normal(size=(6, 16, 16, 3)), jnp.float32)
+  local_a, local_b = (jnp.asarray(rng.normal(size=(6, 8, 8, 3)) * scale, jnp.float32)
+                      for scale in (1.0, 5.0))
+  variables = network.init(jax.random.PRNGKey(0), [global_views, local_a], train=False)
+  assert "input_batch_norm" in variables["params"]["predictor"]
+
+  def run(groups):
+    (h, z), _ = network.apply(variables, groups, train=True, mutable=["batch_stats"])
+    return np.asarray(h[:6]), np.asarray(z[:6])
+
+  (h_a, z_a), (h_b, z_b) = run([global_views, local_a]), run([global_views, local_b])
+  np.testing.assert_allclose(h_a, h_b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(z_a, z_b, rtol=1e-5, atol=1e-6)
+  predictor_variables = {k: v["predictor"] for k, v in variables.items()}
+  z = network.predictor.apply(predictor_variables, jnp.asarray(h_a), train=True,
+                              mutable=["batch_stats"])[0]
+  per_feature = np.linspace(0.5, 4.0, h_a.shape[1])
+  z_scaled = network.predictor.apply(predictor_variables, jnp.asarray(h_a * per_feature),
+                                     train=True, mutable=["batch_stats"])[0]
+  np.testing.assert_allclose(z, z_scaled, atol=1e-3)  # BN's epsilon: not exactly invariant.
+
+
 def test_missing_streams_are_a_clear_error():
   config = tiny_config()
   config.data.streams = {}

@@ -14,9 +14,8 @@ Follows facebookresearch/suncet `src/losses.py` (`init_paws_loss`) and `src/paws
   global view; every local view's target is the mean of the two global views' targets; entries
   below 1e-4 are zeroed (suncet's "numerical stability" step, without renormalising);
 * loss (`paws_loss`, Eq. 3 + 4): mean over anchors of H(target, p) minus the entropy of the
-  mean SHARPENED anchor prediction, H(mean rho(p)) (me-max). suncet's regulariser also adds the
-  constant log(classes), which changes neither gradient nor training; it is left out here, so
-  the loss can be negative.
+  mean SHARPENED anchor prediction, H(mean rho(p)) (me-max; suncet `losses.py`: `rloss -=
+  torch.sum(torch.log(avg_probs**(-avg_probs)))`), so the loss can be negative.
 
 Everything works on global arrays inside jit: the support set and the mean for me-max span all
 devices, as suncet's AllGather / AllReduce make them.

@@ -9,11 +9,11 @@ Semantics follow facebookresearch/suncet `src/paws_train.py`, `src/losses.py` an
   step, the same classes on every process, rows sample-major);
 * views: 2 global + `local_crops_number` local multi-crop views of every unlabelled image;
   `support_views` global-recipe views of every support image (suncet `supervised_views`);
-* network (suncet `resnet.py`): backbone once per resolution (support and global views
-  together, then the local views), projection head `fc` = 3-layer MLP with BN on the hidden
-  layers -> h; optional prediction head `pred` = 2-layer MLP (bottleneck output_dim / 4, BN)
-  -> z (z = h without it). BN statistics span every view of the step, as suncet's single
-  forward pass over the concatenated crops;
+* network (suncet `resnet.py`): per resolution group (support and global views together,
+  then the local views) the backbone, the projection head `fc` = 3-layer MLP with BN on the
+  hidden layers -> h, and the optional prediction head `pred` = BN, then a 2-layer MLP
+  (bottleneck output_dim / 4, BN) -> z (z = h without it); so every BatchNorm, the heads'
+  included, normalises each group with its own statistics, as suncet's loop over the groups;
 * loss: anchors are z of every unlabelled view classified against z of the supports; targets
   the soft-NN predictions of h (stop-gradient), sharpened, the two global views swapped and the
   local views taught by their mean; minus the me-max entropy;
@@ -52,8 +52,14 @@ class PAWSNetwork(nn.Module):
   predictor: nn.Module | None
 
   def __call__(self, groups, *, train: bool) -> tuple[jax.Array, jax.Array]:
-    h = self.projector(views.encode_crop_groups(self.encoder, groups, train=train), train=train)
-    z = self.predictor(h, train=train) if self.predictor is not None else h
+    # suncet `resnet.py` `forward`: backbone, `fc` and `pred` once per resolution group, so the
+    # heads' BatchNorm statistics are per group like the backbone's (not over every view).
+    hs, zs = [], []
+    for images in groups:
+      h = self.projector(self.encoder(images, train=train)["pooled"], train=train)
+      hs.append(h)
+      zs.append(self.predictor(h, train=train) if self.predictor is not None else h)
+    h, z = (jnp.concatenate(parts, axis=0) for parts in (hs, zs))
     return h.astype(jnp.float32), z.astype(jnp.float32)
 
   def encode(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -112,7 +118,8 @@ class PAWS(base.Method):
     predictor = None
     if m.pred_head:
       predictor = heads.MLPHead(num_layers=2, hidden_dim=m.output_dim // 4,
-                                out_dim=m.output_dim, hidden_batch_norm=True, dtype=dtype)
+                                out_dim=m.output_dim, hidden_batch_norm=True,
+                                input_batch_norm=True, dtype=dtype)
     return PAWSNetwork(encoder=registry.build_encoder(self.config.model), projector=projector,
                        predictor=predictor)
 

@@ -157,8 +157,8 @@ def encode_crop_groups(encoder: nn.Module, crop_groups: Sequence[jax.Array], *,
   """[sum of group sizes, D] pooled backbone features of every crop, in the groups' order.
 
   The multi-crop forward of DINO's `MultiCropWrapper` (facebookresearch/dino `utils.py`), SwAV's
-  `ResNet.forward` (facebookresearch/swav `src/resnet50.py`) and PAWS's (suncet
-  `src/resnet.py`), and LeJEPA's: the backbone once per resolution group (`group_by_resolution`),
+  `ResNet.forward` (facebookresearch/swav `src/resnet50.py`) and LeJEPA's (PAWS instead runs its
+  heads per group too, `PAWSNetwork`): the backbone once per resolution group (`group_by_resolution`),
   the features concatenated so the head that follows runs once on all of them (one set of
   BatchNorm statistics over every crop). Call it from the owning module's `__call__`, so the
   encoder's params stay under the owner's 'encoder'.

@@ -57,6 +57,7 @@ class MLPHead(nn.Module):
   hidden_batch_norm: bool = True
   output_norm: str = "none"
   use_bias: bool = True
+  input_batch_norm: bool = False   # BN on the input first (suncet's PAWS `pred` head, `bn1`).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -71,6 +72,8 @@ class MLPHead(nn.Module):
 
     batch_norm = functools.partial(_batch_norm, train=train, dtype=self.dtype,
                                    param_dtype=self.param_dtype)
+    if self.input_batch_norm:
+      x = batch_norm("input_batch_norm")(x)
     x = _hidden_layers(self, x, self.num_layers - 1, train=train)
     last = self.num_layers - 1
     x = nn.Dense(self.out_dim, use_bias=self.use_bias and self.output_norm == "none",
