@@ -34,7 +34,6 @@ def host_array(x: Any) -> np.ndarray:
   return np.asarray(x)
 
 
-
 def checked_split(x: Any, y: Any, mask: Any, split: str,
                   num_classes: int) -> tuple[Any, np.ndarray, np.ndarray]:
   """Validates one split of frozen features for an evaluator (linear probe, few-shot):
@@ -55,6 +54,7 @@ def checked_split(x: Any, y: Any, mask: Any, split: str,
     raise ValueError(f"{split}_y has labels outside [0, {num_classes}); check num_classes.")
   x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
   return x, labels.astype(np.int32), mask
+
 
 @jax.jit
 def _take_rows(x, indices):

@@ -62,8 +62,8 @@ class FixMatch(ssl.SemiSupervisedClassifier):
     strong = ssl.strong_view(strong_rngs, images, flip_prob=m.flip_prob,
                              max_shift=self.max_shift, layers=m.randaugment_layers,
                              magnitude=m.randaugment_magnitude, magnitude_std=float("inf"),
-                             prob=m.randaugment_prob, cutout_fraction=m.cutout_fraction, mean=m.mean,
-                             std=m.std)
+                             prob=m.randaugment_prob, cutout_fraction=m.cutout_fraction,
+                             mean=m.mean, std=m.std)
     return self.weak(weak_rng, images), strong
 
   def loss(self, params, state, batch, rng, step):

@@ -295,10 +295,12 @@ class SemiSupervisedClassifier(base.Method):
       return state
     momentum = self.ema_momentum(step)
     ema = state["ema"]
-    ema_stats = {"blend": lambda: schedules.ema_update(ema["batch_stats"], state["batch_stats"],
-                                                       momentum),
-                 "student": lambda: state["batch_stats"],
-                 "own": lambda: ema["batch_stats"]}[self.ema_batch_stats]()
+    if self.ema_batch_stats == "blend":
+      ema_stats = schedules.ema_update(ema["batch_stats"], state["batch_stats"], momentum)
+    elif self.ema_batch_stats == "student":
+      ema_stats = state["batch_stats"]
+    else:  # "own": updated by the EMA model's forward passes in `loss`.
+      ema_stats = ema["batch_stats"]
     return {**state, "ema": {"params": schedules.ema_update(ema["params"], params, momentum),
                              "batch_stats": ema_stats}}
 

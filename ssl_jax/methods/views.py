@@ -157,10 +157,10 @@ def encode_crop_groups(encoder: nn.Module, crop_groups: Sequence[jax.Array], *,
   """[sum of group sizes, D] pooled backbone features of every crop, in the groups' order.
 
   The multi-crop forward of DINO's `MultiCropWrapper` (facebookresearch/dino `utils.py`), SwAV's
-  `ResNet.forward` (facebookresearch/swav `src/resnet50.py`) and LeJEPA's (PAWS instead runs its
-  heads per group too, `PAWSNetwork`): the backbone once per resolution group (`group_by_resolution`),
-  the features concatenated so the head that follows runs once on all of them (one set of
-  BatchNorm statistics over every crop). Call it from the owning module's `__call__`, so the
+  `ResNet.forward` (facebookresearch/swav `src/resnet50.py`) and LeJEPA's (PAWS runs its heads
+  per group too, `PAWSNetwork`): the backbone once per resolution group
+  (`group_by_resolution`), the features concatenated so the head that follows runs once on all
+  of them (one set of BatchNorm statistics over every crop). Call it from the owning module's `__call__`, so the
   encoder's params stay under the owner's 'encoder'.
   """
   features = [encoder(images, train=train)["pooled"] for images in crop_groups]
